@@ -1,0 +1,71 @@
+//! The manifest: what the index holds for each file (size, modification time, content hash,
+//! chunk count), and with which settings it was built. It makes re-indexing incremental.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Bump when the index schema or the chunking changes: older indexes are rebuilt.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub size: u64,
+    pub mtime_ns: u64,
+    pub hash: String,
+    pub chunks: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// The tokenizer's model fingerprint and the chunk size: chunks depend on both.
+    pub tokenizer: String,
+    pub chunk_tokens: usize,
+    /// By path relative to the corpus folder, with `/` separators.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+impl Manifest {
+    pub fn new(tokenizer: &str, chunk_tokens: usize) -> Self {
+        Self {
+            format: FORMAT_VERSION,
+            tokenizer: tokenizer.to_owned(),
+            chunk_tokens,
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Whether an index described by `self` can be updated with these settings, or must be
+    /// rebuilt.
+    pub fn compatible(&self, tokenizer: &str, chunk_tokens: usize) -> bool {
+        self.format == FORMAT_VERSION
+            && self.tokenizer == tokenizer
+            && self.chunk_tokens == chunk_tokens
+    }
+
+    /// Reads a manifest; `None` when it is missing or unreadable (the index is then rebuilt).
+    pub fn load(path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable manifest: rebuilding");
+                None
+            }
+        }
+    }
+
+    /// Writes atomically: a temporary file in the same folder, synced, then renamed.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().context("manifest path has no folder")?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        serde_json::to_writer(std::io::BufWriter::new(tmp.as_file_mut()), self)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}

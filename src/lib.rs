@@ -1,0 +1,9 @@
+//! rapid-chat: ask questions about a folder of long documents with a local LLM, decoded with
+//! Retrieval-Augmented Speculative Decoding (RAPID). Data flows one way:
+//! files -> corpus -> index -> session -> spec engine -> events -> UI.
+
+pub mod config;
+pub mod corpus;
+pub mod llm;
+pub mod logging;
+pub mod paths;

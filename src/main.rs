@@ -1,0 +1,322 @@
+//! The command line: `rapid-chat [FOLDER]` and the headless commands scripts and tests use.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rapid_chat::config::Config;
+use rapid_chat::corpus::{CorpusIndex, Indexer, Report};
+use rapid_chat::llm::{Tokenizer, fetch};
+use rapid_chat::paths::Dirs;
+
+#[derive(Parser)]
+#[command(
+    name = "rapid-chat",
+    version,
+    about = "Ask questions about a folder of long documents \
+    with a local LLM, decoded with Retrieval-Augmented Speculative Decoding"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Folder of documents (default: the current folder).
+    folder: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Target model, a GGUF file (default: SmolLM2-135M-Instruct, fetched on first use).
+    #[arg(long, global = true, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Drafter model, a GGUF file with the target's vocabulary (default: the target).
+    #[arg(long, global = true, value_name = "PATH")]
+    draft_model: Option<PathBuf>,
+    /// Config file (default: config.toml in the config directory).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch a known model (default: the default model) into the data directory; prints its path.
+    FetchModel {
+        /// smollm2-135m (the default model) or gemma3-270m.
+        #[arg(default_value = "smollm2-135m")]
+        name: String,
+    },
+    /// Ingest and index a folder (incrementally).
+    Index {
+        folder: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Keep the index current until Ctrl-C, printing each change.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Search a folder's index (updating it first) and print the best chunks.
+    Search {
+        folder: PathBuf,
+        query: String,
+        /// Number of chunks to print.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: extract a PDF's pages in a separate process (see corpus::extract).
+    #[command(hide = true)]
+    ExtractPdf { input: PathBuf, output: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(Command::ExtractPdf { input, output }) = &cli.command {
+        if let Err(e) = rapid_chat::corpus::extract::pdf_worker_main(input, output) {
+            eprintln!("{e:#}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// What every command needs: where things live and the resolved configuration.
+struct Ctx {
+    dirs: Dirs,
+    config: Config,
+}
+
+impl Ctx {
+    fn new(global: &Global) -> Result<Self> {
+        let dirs = Dirs::from_env()?;
+        rapid_chat::logging::init(&dirs.log_file())?;
+        let mut config = Config::load(global.config.as_deref(), &dirs.config)?;
+        if let Some(m) = &global.model {
+            config.model = Some(m.clone());
+        }
+        if let Some(m) = &global.draft_model {
+            config.draft_model = Some(m.clone());
+        }
+        Ok(Self { dirs, config })
+    }
+
+    /// The target model's path, fetching the default model when none is configured.
+    fn model_path(&self) -> Result<PathBuf> {
+        match &self.config.model {
+            Some(path) => Ok(path.clone()),
+            None => fetch::ensure(&fetch::SMOLLM2, &self.dirs.models(), false),
+        }
+    }
+
+    fn tokenizer(&self) -> Result<Arc<Tokenizer>> {
+        Ok(Arc::new(Tokenizer::load(&self.model_path()?)?))
+    }
+
+    fn indexer(&self, folder: &Path) -> Result<Indexer> {
+        let worker = std::env::current_exe().context("cannot find the rapid-chat executable")?;
+        Indexer::open(
+            &self.dirs.indexes(),
+            folder,
+            self.tokenizer()?,
+            &self.config,
+            worker,
+        )
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx::new(&cli.global)?;
+    match cli.command {
+        Some(Command::FetchModel { name }) => {
+            let model = fetch::known(&name)?;
+            let path = fetch::ensure(model, &ctx.dirs.models(), false)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Some(Command::Index {
+            folder,
+            json,
+            watch,
+        }) => index_command(&ctx, &folder, json, watch),
+        Some(Command::Search {
+            folder,
+            query,
+            top,
+            json,
+        }) => search_command(&ctx, &folder, &query, top, json),
+        Some(Command::ExtractPdf { .. }) => unreachable!("handled before logging starts"),
+        None => {
+            let folder = cli.folder.unwrap_or_else(|| PathBuf::from("."));
+            interactive_search(&ctx, &folder)
+        }
+    }
+}
+
+/// Runs one indexing pass with a progress bar on a terminal.
+fn index_pass(indexer: &mut Indexer) -> Result<Report> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files  {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let report = indexer.update(&mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(p.path.clone());
+    });
+    bar.finish_and_clear();
+    report
+}
+
+fn print_report(report: &Report, seconds: f64) {
+    println!(
+        "{} files indexed, {} unchanged, {} removed; {} chunks in the index ({seconds:.2} s)",
+        report.files_indexed, report.files_unchanged, report.files_removed, report.chunks
+    );
+    for s in &report.files_skipped {
+        println!("  skipped {}: {}", s.path, s.reason);
+    }
+    for w in &report.warnings {
+        println!("  note {}: {}", w.path, w.reason);
+    }
+}
+
+fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()> {
+    let mut indexer = ctx.indexer(folder)?;
+    let started = Instant::now();
+    let report = index_pass(&mut indexer)?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        files = report.files_indexed,
+        bytes = report.bytes_read,
+        chunks = report.chunks_made,
+        seconds,
+        "index pass"
+    );
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report, seconds);
+    }
+    if watch {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let _watcher = rapid_chat::corpus::watch::Watcher::start(
+            indexer,
+            std::time::Duration::from_millis(500),
+            tx,
+        )?;
+        eprintln!("Watching {} (Ctrl-C to stop)", folder.display());
+        for event in rx {
+            println!("{event:?}");
+            std::io::stdout().flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn search_command(ctx: &Ctx, folder: &Path, query: &str, top: usize, json: bool) -> Result<()> {
+    let index = match ctx.indexer(folder) {
+        Ok(mut indexer) => {
+            let report = index_pass(&mut indexer)?;
+            if !report.indexed.is_empty() && !json {
+                eprintln!(
+                    "(indexed {} new or changed files first)",
+                    report.indexed.len()
+                );
+            }
+            indexer.reader()?
+        }
+        Err(e) if format!("{e:#}").contains("held by another") => {
+            eprintln!("note: {e:#}; searching the index as it is");
+            let root = rapid_chat::corpus::index::corpus_root(folder)?;
+            CorpusIndex::open(&ctx.dirs.indexes(), &root)?
+        }
+        Err(e) => return Err(e),
+    };
+    let hits = index.search(query, top)?;
+    if json {
+        println!("{}", serde_json::to_string(&hits)?);
+        return Ok(());
+    }
+    print_hits(&hits);
+    Ok(())
+}
+
+fn print_hits(hits: &[rapid_chat::corpus::Hit]) {
+    if hits.is_empty() {
+        println!("no matches");
+    }
+    let tty = std::io::stdout().is_terminal();
+    for (i, h) in hits.iter().enumerate() {
+        let page = h.page.map(|p| format!(" p.{p}")).unwrap_or_default();
+        println!(
+            "{}. {}{page} [{}..{}] score {:.2}",
+            i + 1,
+            h.path,
+            h.start,
+            h.end,
+            h.score
+        );
+        let snippet = if tty {
+            let mut out = String::new();
+            for (k, part) in h.snippet.split("**").enumerate() {
+                if k % 2 == 1 {
+                    out.push_str(&format!("\x1b[1m{part}\x1b[0m"));
+                } else {
+                    out.push_str(part);
+                }
+            }
+            out
+        } else {
+            h.snippet.clone()
+        };
+        println!("   {snippet}");
+    }
+}
+
+/// Until the chat UI lands: index the folder, keep it current, and answer searches typed at
+/// the prompt.
+fn interactive_search(ctx: &Ctx, folder: &Path) -> Result<()> {
+    let mut indexer = ctx.indexer(folder)?;
+    let started = Instant::now();
+    let report = index_pass(&mut indexer)?;
+    print_report(&report, started.elapsed().as_secs_f64());
+    let index = indexer.reader()?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let _watcher = rapid_chat::corpus::watch::Watcher::start(
+        indexer,
+        std::time::Duration::from_millis(500),
+        tx,
+    )?;
+    let stdin = std::io::stdin();
+    loop {
+        for event in rx.try_iter() {
+            println!("[watch] {event:?}");
+        }
+        print!("search> ");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        if stdin.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let query = line.trim();
+        if query.is_empty() {
+            continue;
+        }
+        index.reload()?;
+        print_hits(&index.search(query, 5)?);
+    }
+}
