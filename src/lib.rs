@@ -7,3 +7,5 @@ pub mod corpus;
 pub mod llm;
 pub mod logging;
 pub mod paths;
+pub mod session;
+pub mod spec;

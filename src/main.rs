@@ -70,9 +70,75 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Answer a question about a folder: the answer streams to stdout, statistics to stderr.
+    Ask(AskArgs),
     /// Internal: extract a PDF's pages in a separate process (see corpus::extract).
     #[command(hide = true)]
     ExtractPdf { input: PathBuf, output: PathBuf },
+}
+
+#[derive(Args)]
+struct AskArgs {
+    folder: PathBuf,
+    question: String,
+    /// Print one JSON object (answer, tokens with kinds and margins, sources, stats).
+    #[arg(long)]
+    json: bool,
+    /// rapid (default), ar (target only), sd (drafter sees the full context), rag (drafter alone).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long)]
+    temp: Option<f32>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Largest draft per round.
+    #[arg(long)]
+    gamma: Option<usize>,
+    /// Knowledge-transfer strength (0 = plain speculative decoding).
+    #[arg(long)]
+    eta: Option<f32>,
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Target context size (tokens).
+    #[arg(long)]
+    ctx: Option<u32>,
+    /// Drafter context size (tokens).
+    #[arg(long)]
+    draft_ctx: Option<u32>,
+    /// Tokens of retrieved chunks the drafter sees.
+    #[arg(long)]
+    retrieval_budget: Option<usize>,
+    /// Layers to offload to the GPU (-1 = all).
+    #[arg(long, allow_hyphen_values = true)]
+    gpu_layers: Option<i32>,
+    #[arg(long)]
+    threads: Option<u32>,
+}
+
+impl AskArgs {
+    /// Flags over config.
+    fn apply(&self, c: &mut rapid_chat::config::EngineConfig) {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { c.$field = v; } )* };
+        }
+        set!(
+            mode,
+            temp,
+            top_p,
+            seed,
+            gamma,
+            eta,
+            max_tokens,
+            ctx,
+            draft_ctx,
+            retrieval_budget,
+            gpu_layers,
+            threads
+        );
+    }
 }
 
 fn main() {
@@ -154,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
             top,
             json,
         }) => search_command(&ctx, &folder, &query, top, json),
+        Some(Command::Ask(args)) => ask_command(ctx, &args),
         Some(Command::ExtractPdf { .. }) => unreachable!("handled before logging starts"),
         None => {
             let folder = cli.folder.unwrap_or_else(|| PathBuf::from("."));
@@ -223,6 +290,96 @@ fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()
             println!("{event:?}");
             std::io::stdout().flush()?;
         }
+    }
+    Ok(())
+}
+
+/// The folder's index, brought up to date first unless another instance holds it.
+fn current_index(ctx: &Ctx, folder: &Path, quiet: bool) -> Result<CorpusIndex> {
+    match ctx.indexer(folder) {
+        Ok(mut indexer) => {
+            let report = index_pass(&mut indexer)?;
+            if !report.indexed.is_empty() && !quiet {
+                eprintln!(
+                    "(indexed {} new or changed files first)",
+                    report.indexed.len()
+                );
+            }
+            indexer.reader()
+        }
+        Err(e) if format!("{e:#}").contains("held by another") => {
+            eprintln!("note: {e:#}; using the index as it is");
+            let root = rapid_chat::corpus::index::corpus_root(folder)?;
+            CorpusIndex::open(&ctx.dirs.indexes(), &root)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
+    use rapid_chat::session::{Engine, TurnSettings};
+    use rapid_chat::spec::{Event, Flow};
+    args.apply(&mut ctx.config.engine);
+    ctx.config.validate()?;
+    let index = current_index(&ctx, &args.folder, args.json)?;
+    let target = ctx.model_path()?;
+    let models = rapid_chat::llm::Models::load(
+        &target,
+        ctx.config.draft_model.as_deref(),
+        ctx.config.engine.gpu_layers,
+    )?;
+    let mut engine = Engine::new(models, &ctx.config.engine)?;
+    let settings = TurnSettings::from_config(&ctx.config.engine)?;
+    let tty = std::io::stderr().is_terminal();
+    let mut stdout = std::io::stdout();
+    let json = args.json;
+    let mut sink = |event: Event| {
+        match event {
+            Event::Prefill { done, total } if tty && !json => {
+                eprint!("\rreading the documents: {done}/{total} tokens");
+                if done == total {
+                    eprint!("\r\x1b[K");
+                }
+            }
+            Event::Token(t) if !json => {
+                let _ = write!(stdout, "{}", t.text);
+                let _ = stdout.flush();
+            }
+            _ => {}
+        }
+        Flow::Continue
+    };
+    let answer = engine.answer(&index, &args.question, &[], &settings, &mut sink)?;
+    let s = &answer.output.stats;
+    if json {
+        let value = serde_json::json!({
+            "answer": answer.output.text,
+            "mode": answer.mode,
+            "tokens": answer.output.tokens,
+            "sources": answer.sources,
+            "view": answer.view,
+            "stats": s,
+        });
+        println!("{value}");
+    } else {
+        println!();
+        eprintln!(
+            "[{}] {} tokens, {:.1} tok/s; drafted {}, accepted {} ({:.0}%), {:.2} tokens/round; \
+             prefill {} tokens in {:.1} s; first token after {:.2} s; documents in view: {} of {} \
+             chunks",
+            answer.mode,
+            s.generated_tokens,
+            s.decode_tok_s,
+            s.drafted,
+            s.accepted,
+            s.acceptance_rate * 100.0,
+            s.mean_accepted_len,
+            s.prefill_tokens,
+            s.prefill_s,
+            s.ttft_s,
+            answer.view.chunks_in_view,
+            answer.view.chunks_total,
+        );
     }
     Ok(())
 }

@@ -169,9 +169,56 @@ impl CorpusIndex {
         self.reader.searcher().num_docs()
     }
 
+    /// Every chunk, in document order (path, then position), with score 0 and no snippet.
+    pub fn all_chunks(&self) -> Result<Vec<Hit>> {
+        let searcher = self.reader.searcher();
+        let addresses = searcher.search(
+            &tantivy::query::AllQuery,
+            &tantivy::collector::DocSetCollector,
+        )?;
+        let mut hits = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            hits.push(self.hit(&doc, 0.0, String::new()));
+        }
+        hits.sort_by(|a, b| (a.path.as_str(), a.order).cmp(&(b.path.as_str(), b.order)));
+        Ok(hits)
+    }
+
+    fn hit(&self, doc: &TantivyDocument, score: f32, snippet: String) -> Hit {
+        let u = |f: Field| doc.get_first(f).and_then(|v| v.as_u64()).unwrap_or(0);
+        let s = |f: Field| {
+            doc.get_first(f)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let page = u(self.fields.page);
+        Hit {
+            path: s(self.fields.path),
+            page: (page > 0).then(|| u32::try_from(page).unwrap_or(u32::MAX)),
+            start: usize::try_from(u(self.fields.start)).unwrap_or(usize::MAX),
+            end: usize::try_from(u(self.fields.end)).unwrap_or(usize::MAX),
+            score,
+            snippet,
+            order: usize::try_from(u(self.fields.order)).unwrap_or(usize::MAX),
+            tokens: usize::try_from(u(self.fields.tokens)).unwrap_or(usize::MAX),
+            text: s(self.fields.text),
+        }
+    }
+
     /// The `top` best chunks for `query` by BM25, best first. Any text is a valid query:
     /// syntax the query language would reject is read as plain words.
     pub fn search(&self, query: &str, top: usize) -> Result<Vec<Hit>> {
+        self.ranked(query, top, true)
+    }
+
+    /// Like [`Self::search`] without snippets (cheaper, for building prompts).
+    pub fn rank(&self, query: &str, top: usize) -> Result<Vec<Hit>> {
+        self.ranked(query, top, false)
+    }
+
+    fn ranked(&self, query: &str, top: usize, snippets_wanted: bool) -> Result<Vec<Hit>> {
         let searcher = self.reader.searcher();
         let parser = QueryParser::for_index(&self.index, vec![self.fields.text]);
         let cleaned: String = query
@@ -186,6 +233,10 @@ impl CorpusIndex {
         let mut hits = Vec::with_capacity(top_docs.len());
         for (score, address) in top_docs {
             let doc: TantivyDocument = searcher.doc(address)?;
+            if !snippets_wanted {
+                hits.push(self.hit(&doc, score, String::new()));
+                continue;
+            }
             let snippet = snippets.snippet_from_doc(&doc);
             let mut marked = String::new();
             let mut from = 0;

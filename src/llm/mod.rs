@@ -1,7 +1,10 @@
-//! Everything that talks to llama.cpp: the backend, model loading, tokenization, fetching the
-//! default model. The rest of the crate speaks in our own types.
+//! Everything that talks to llama.cpp: the backend, model loading, contexts, tokenization, the
+//! chat template, fetching known models. The rest of the crate speaks in our own types.
 
+pub mod chat;
+pub mod context;
 pub mod fetch;
 pub mod model;
 
-pub use model::{Tokenizer, backend};
+pub use context::{Context, ContextSpec};
+pub use model::{Models, Tokenizer, backend};

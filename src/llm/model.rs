@@ -108,3 +108,76 @@ pub fn model_fingerprint(path: &Path) -> String {
     );
     format!("{name}:{size}:{mtime}")
 }
+
+/// The target and drafter models, loaded for the life of the process (contexts borrow them).
+pub struct Models {
+    pub target: &'static LlamaModel,
+    pub drafter: &'static LlamaModel,
+    pub target_path: PathBuf,
+    pub drafter_path: PathBuf,
+    /// Whether the drafter is the target itself (self-speculation: loaded once).
+    pub same: bool,
+}
+
+impl Models {
+    /// Loads the target and, when it is another file, the drafter; refuses a drafter whose
+    /// vocabulary differs from the target's.
+    pub fn load(target: &Path, drafter: Option<&Path>, gpu_layers: i32) -> Result<Self> {
+        let target_model: &'static LlamaModel =
+            Box::leak(Box::new(load_model(target, gpu_layers, false)?));
+        let same = drafter.is_none_or(|d| same_file(d, target));
+        let drafter_path = drafter.unwrap_or(target).to_path_buf();
+        let drafter_model: &'static LlamaModel = if same {
+            target_model
+        } else {
+            let d = Box::leak(Box::new(load_model(&drafter_path, gpu_layers, false)?));
+            check_same_vocab(target_model, target, d, &drafter_path)?;
+            d
+        };
+        Ok(Self {
+            target: target_model,
+            drafter: drafter_model,
+            target_path: target.to_path_buf(),
+            drafter_path,
+            same,
+        })
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Errors unless both models have the same tokens with the same texts.
+pub fn check_same_vocab(
+    a: &LlamaModel,
+    a_path: &Path,
+    b: &LlamaModel,
+    b_path: &Path,
+) -> Result<()> {
+    let differs = |what: String| {
+        anyhow::anyhow!(
+            "the drafter {} does not share the target {}'s vocabulary ({what}): speculative \
+             decoding needs the same tokens; pick a drafter of the same model family",
+            b_path.display(),
+            a_path.display()
+        )
+    };
+    if a.n_vocab() != b.n_vocab() {
+        return Err(differs(format!(
+            "{} vs {} tokens",
+            a.n_vocab(),
+            b.n_vocab()
+        )));
+    }
+    let (va, vb) = (a.vocab(), b.vocab());
+    for t in va.tokens() {
+        if va.text(t) != vb.text(t) {
+            return Err(differs(format!("token {} differs", t.0)));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! The two prompts of a turn. Target: instructions + the documents (the whole corpus in document
+//! order when it fits the context, else the best-ranked chunks for the question, in document
+//! order) + the conversation. Drafter: instructions + the top chunks retrieved for the question,
+//! up to the retrieval budget, in document order + the same conversation. Budgets are filled to
+//! the token: the documents are tokenized as they will be decoded.
+
+use anyhow::{Result, bail};
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use serde::Serialize;
+
+use crate::corpus::{CorpusIndex, Hit};
+use crate::llm::chat::{self, Message, Role};
+
+const SYSTEM: &str = "You answer questions about the documents below. Answer briefly and only \
+from the documents; quote them where you can. If they do not hold the answer, say so.";
+
+/// Stand-ins for the documents and the question while the chat template is applied: the text
+/// around them is tokenized with special tokens, they are tokenized as plain text (so a document
+/// cannot inject a control token).
+const DOCS_MARK: &str = "\u{E000}";
+const QUESTION_MARK: &str = "\u{E001}";
+
+/// A chunk shown to a model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Source {
+    pub path: String,
+    pub page: Option<u32>,
+    pub score: f32,
+    #[serde(skip)]
+    pub start: usize,
+    #[serde(skip)]
+    pub end: usize,
+    #[serde(skip)]
+    pub text: String,
+}
+
+/// How much of the corpus the target sees.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct View {
+    pub chunks_in_view: usize,
+    pub chunks_total: usize,
+    pub doc_tokens_in_view: usize,
+    pub doc_tokens_total: usize,
+}
+
+impl View {
+    pub fn whole_corpus(&self) -> bool {
+        self.chunks_in_view == self.chunks_total
+    }
+}
+
+/// The token sequences of one turn.
+#[derive(Debug, Clone)]
+pub struct Prompts {
+    pub target: Vec<LlamaToken>,
+    pub draft: Vec<LlamaToken>,
+    /// The chunks the drafter sees, best first.
+    pub sources: Vec<Source>,
+    pub view: View,
+}
+
+/// An earlier question and its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    pub question: String,
+    pub answer: String,
+}
+
+/// Sizes that bound the prompts.
+#[derive(Debug, Clone, Copy)]
+pub struct Budgets {
+    pub target_ctx: usize,
+    pub draft_ctx: usize,
+    pub retrieval: usize,
+    pub max_tokens: usize,
+}
+
+/// Builds both prompts for `question` after `history`.
+pub fn build(
+    model: &LlamaModel,
+    index: &CorpusIndex,
+    question: &str,
+    history: &[Turn],
+    budgets: Budgets,
+) -> Result<Prompts> {
+    let question = clean(question);
+    if question.trim().is_empty() {
+        bail!("the question is empty");
+    }
+    let all = index.all_chunks()?;
+    if all.is_empty() {
+        bail!("no documents are indexed in this folder: add PDF, Markdown or text files to it");
+    }
+    let frame = Frame::new(model, &question, history)?;
+    let fixed = frame.fixed_tokens();
+    let room = |ctx: usize| ctx.checked_sub(fixed + budgets.max_tokens + 1);
+    let Some(target_room) = room(budgets.target_ctx) else {
+        bail!(
+            "the question and conversation take {fixed} tokens, which with room for a {}-token \
+             answer do not fit the target context of {} tokens: shorten the question, lower \
+             --max-tokens or raise --ctx",
+            budgets.max_tokens,
+            budgets.target_ctx
+        );
+    };
+    let draft_room = room(budgets.draft_ctx).unwrap_or(0).min(budgets.retrieval);
+
+    let query = match history.last() {
+        Some(turn) => format!("{question} {}", turn.question),
+        None => question.clone(),
+    };
+    let ranked = index.rank(&query, all.len())?;
+    let doc_tokens_total: usize = all.iter().map(|c| c.tokens).sum();
+
+    // Target: everything when it fits, else best-ranked first then the rest in document order.
+    let mut candidates: Vec<&Hit> = ranked.iter().collect();
+    let ranked_ids: std::collections::HashSet<(&str, usize)> =
+        ranked.iter().map(|r| (r.path.as_str(), r.order)).collect();
+    candidates.extend(
+        all.iter()
+            .filter(|c| !ranked_ids.contains(&(c.path.as_str(), c.order))),
+    );
+    let (target_docs, target_chunks) = fill(model, &candidates, target_room);
+    let (draft_docs, draft_chunks) = fill(model, &ranked.iter().collect::<Vec<_>>(), draft_room);
+
+    let sources = {
+        let mut s: Vec<Source> = draft_chunks
+            .iter()
+            .map(|c| Source {
+                path: c.path.clone(),
+                page: c.page,
+                score: c.score,
+                start: c.start,
+                end: c.end,
+                text: c.text.clone(),
+            })
+            .collect();
+        s.sort_by(|a, b| b.score.total_cmp(&a.score));
+        s
+    };
+    Ok(Prompts {
+        target: frame.tokens(&target_docs),
+        draft: frame.tokens(&draft_docs),
+        sources,
+        view: View {
+            chunks_in_view: target_chunks.len(),
+            chunks_total: all.len(),
+            doc_tokens_in_view: target_chunks.iter().map(|c| c.tokens).sum(),
+            doc_tokens_total,
+        },
+    })
+}
+
+/// Takes candidates in order while they fit `room` tokens, renders them in document order, and
+/// gives back the last taken until the rendered text really fits.
+fn fill<'a>(
+    model: &LlamaModel,
+    candidates: &[&'a Hit],
+    room: usize,
+) -> (Vec<LlamaToken>, Vec<&'a Hit>) {
+    let mut taken: Vec<&Hit> = Vec::new();
+    let mut estimate = 0;
+    for &c in candidates {
+        // Headers and separators cost a few tokens per chunk.
+        let cost = c.tokens + 8;
+        if estimate + cost <= room {
+            taken.push(c);
+            estimate += cost;
+        }
+    }
+    loop {
+        if taken.is_empty() {
+            // Not even one chunk fits: the best one, cut to the room, beats nothing.
+            let Some(&best) = candidates.first() else {
+                return (Vec::new(), Vec::new());
+            };
+            let mut tokens = tokenize_plain(model, &render(&[best]));
+            tokens.truncate(room);
+            return (tokens, vec![best]);
+        }
+        let mut ordered = taken.clone();
+        ordered.sort_by(|a, b| (a.path.as_str(), a.order).cmp(&(b.path.as_str(), b.order)));
+        let tokens = tokenize_plain(model, &render(&ordered));
+        if tokens.len() <= room {
+            return (tokens, ordered);
+        }
+        taken.pop();
+    }
+}
+
+/// The documents as the models read them: a header per file, page marks for PDFs, `[...]` where
+/// chunks are not adjacent.
+fn render(chunks: &[&Hit]) -> String {
+    let mut out = String::new();
+    let mut prev: Option<&Hit> = None;
+    for c in chunks {
+        let same_file = prev.is_some_and(|p| p.path == c.path);
+        if !same_file {
+            out.push_str(&format!("\n### {}\n\n", c.path));
+        } else if prev.is_some_and(|p| p.order + 1 != c.order) {
+            out.push_str("[...]\n\n");
+        }
+        if let Some(page) = c.page
+            && prev.is_none_or(|p| p.page != c.page || !same_file)
+        {
+            out.push_str(&format!("[page {page}]\n"));
+        }
+        out.push_str(&clean(&c.text));
+        out.push_str("\n\n");
+        prev = Some(c);
+    }
+    out
+}
+
+/// Text without our marks or NULs.
+fn clean(text: &str) -> String {
+    text.replace(
+        [
+            DOCS_MARK.chars().next().unwrap_or(' '),
+            QUESTION_MARK.chars().next().unwrap_or(' '),
+            '\0',
+        ],
+        " ",
+    )
+}
+
+fn tokenize_plain(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
+    model.vocab().tokenize(text.as_bytes(), false, false)
+}
+
+/// The chat-template text around the documents and the question, tokenized once.
+struct Frame {
+    before_docs: Vec<LlamaToken>,
+    between: Vec<LlamaToken>,
+    question: Vec<LlamaToken>,
+    after: Vec<LlamaToken>,
+}
+
+impl Frame {
+    fn new(model: &LlamaModel, question: &str, history: &[Turn]) -> Result<Self> {
+        let mut messages = vec![Message::new(
+            Role::System,
+            format!("{SYSTEM}\n\n# Documents\n{DOCS_MARK}"),
+        )];
+        for turn in history {
+            messages.push(Message::new(Role::User, clean(&turn.question)));
+            messages.push(Message::new(Role::Assistant, clean(&turn.answer)));
+        }
+        messages.push(Message::new(Role::User, QUESTION_MARK));
+        let text = chat::format(model, &messages)?;
+        let (before, rest) = text
+            .split_once(DOCS_MARK)
+            .ok_or_else(|| anyhow::anyhow!("chat template lost the documents"))?;
+        let (between, after) = rest
+            .split_once(QUESTION_MARK)
+            .ok_or_else(|| anyhow::anyhow!("chat template lost the question"))?;
+        let vocab = model.vocab();
+        Ok(Self {
+            before_docs: vocab.tokenize(before.as_bytes(), true, true),
+            between: vocab.tokenize(between.as_bytes(), false, true),
+            question: tokenize_plain(model, question),
+            after: vocab.tokenize(after.as_bytes(), false, true),
+        })
+    }
+
+    fn fixed_tokens(&self) -> usize {
+        self.before_docs.len() + self.between.len() + self.question.len() + self.after.len()
+    }
+
+    fn tokens(&self, docs: &[LlamaToken]) -> Vec<LlamaToken> {
+        let mut out = Vec::with_capacity(self.fixed_tokens() + docs.len());
+        out.extend_from_slice(&self.before_docs);
+        out.extend_from_slice(docs);
+        out.extend_from_slice(&self.between);
+        out.extend_from_slice(&self.question);
+        out.extend_from_slice(&self.after);
+        out
+    }
+}

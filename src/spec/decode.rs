@@ -1,0 +1,370 @@
+//! The decode loop, one for every mode. Invariant between rounds: the verifying context's cache
+//! holds the sequence except its last token (`pending`), which the next verification batch
+//! `[pending, d1..dk]` decodes together with the drafts. The drafter's cache is brought to its own
+//! sequence by prefix reuse at the start of each round, which also rolls back its rejected drafts.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::sampling::{
+    accept, argmax_margin, residual, sample, softmax, target_distribution, top_p,
+};
+use super::{Event, Flow, GenToken, Stats, TokenKind};
+use crate::llm::Context;
+
+/// Decoding settings of one answer.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Largest draft per round.
+    pub gamma: usize,
+    /// The drafter stops when its top probability falls below this.
+    pub draft_confidence: f32,
+    pub eta: f32,
+    /// 0 is greedy.
+    pub temp: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub max_tokens: usize,
+}
+
+impl Params {
+    fn greedy(&self) -> bool {
+        self.temp <= 0.0
+    }
+}
+
+/// A finished (or cancelled) answer.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub tokens: Vec<GenToken>,
+    /// The target's margin where it chose end-of-generation, if it did.
+    pub end_margin: Option<f32>,
+    pub text: String,
+    pub stats: Stats,
+}
+
+/// The drafter and the prompt it sees.
+pub struct Drafter<'a> {
+    pub ctx: &'a mut Context,
+    pub prompt: &'a [LlamaToken],
+}
+
+/// Generates an answer: the verifying context `target` reads `prompt`; with a drafter, each
+/// round drafts up to γ tokens and verifies them in one batch; without one, each round is one
+/// target step. Events go to `sink`, which can cancel.
+pub fn generate(
+    model: &LlamaModel,
+    target: &mut Context,
+    prompt: &[LlamaToken],
+    mut drafter: Option<Drafter<'_>>,
+    params: &Params,
+    sink: &mut dyn FnMut(Event) -> Flow,
+) -> Result<Output> {
+    anyhow::ensure!(!prompt.is_empty(), "empty prompt");
+    let started = Instant::now();
+    let mut stats = Stats::default();
+    let mut cancelled = false;
+
+    // Prefill both contexts (reusing what their caches already hold).
+    let draft_todo = drafter
+        .as_ref()
+        .map_or(0, |d| d.prompt.len().saturating_sub(d.ctx.tokens().len()));
+    let total = prompt.len().saturating_sub(target.tokens().len()) + draft_todo;
+    let done_before = std::cell::Cell::new(0);
+    let mut prefill_progress = |done: usize, _: usize| {
+        let flow = sink(Event::Prefill {
+            done: done_before.get() + done,
+            total,
+        });
+        cancelled |= flow == Flow::Cancel;
+        !cancelled
+    };
+    let n = target.prefill(&prompt[..prompt.len() - 1], &mut prefill_progress)?;
+    done_before.set(n);
+    stats.prefill_tokens += n;
+    if let Some(d) = drafter.as_mut() {
+        stats.prefill_tokens += d
+            .ctx
+            .prefill(&d.prompt[..d.prompt.len() - 1], &mut prefill_progress)?;
+    }
+    stats.prefill_s = started.elapsed().as_secs_f64();
+    let decode_started = Instant::now();
+    let busy_before = target.busy() + drafter.as_ref().map_or(Duration::ZERO, |d| d.ctx.busy());
+
+    let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
+    let mut generated: Vec<LlamaToken> = Vec::new();
+    let mut out_tokens: Vec<GenToken> = Vec::new();
+    let mut text = TextDecoder::default();
+    let mut pending = prompt[prompt.len() - 1];
+    let mut end_margin = None;
+    let mut draft_seq: Vec<LlamaToken> = drafter
+        .as_ref()
+        .map(|d| d.prompt.to_vec())
+        .unwrap_or_default();
+    let (mut draft_time, mut verify_time) = (Duration::ZERO, Duration::ZERO);
+
+    'rounds: while !cancelled && generated.len() < params.max_tokens {
+        // Draft.
+        let t0 = Instant::now();
+        let left = params.max_tokens - generated.len();
+        let (drafts, qs) = match drafter.as_mut() {
+            Some(d) if params.gamma > 0 && left > 1 => draft(
+                d.ctx,
+                &draft_seq,
+                params,
+                params.gamma.min(left - 1),
+                &mut rng,
+            )?,
+            _ => (Vec::new(), Vec::new()),
+        };
+        let t_draft = t0.elapsed();
+
+        // Verify [pending, d1..dk] in one batch.
+        let t1 = Instant::now();
+        let base = target.tokens().len();
+        let mut batch = Vec::with_capacity(drafts.len() + 1);
+        batch.push(pending);
+        batch.extend_from_slice(&drafts);
+        target.decode_all(&batch)?;
+        let mut emitted: Vec<(LlamaToken, TokenKind, f32)> = Vec::with_capacity(batch.len());
+        let mut accepted = 0;
+        for i in 0..=drafts.len() {
+            let z = target.logits(i);
+            let (_, margin) = argmax_margin(z);
+            let q = qs.get(i).map(Vec::as_slice);
+            if i == drafts.len() {
+                let kind = if drafts.is_empty() {
+                    TokenKind::Target
+                } else {
+                    TokenKind::Bonus
+                };
+                emitted.push((pick(z, q, params, &mut rng), kind, margin));
+                break;
+            }
+            let d = drafts[i];
+            let q = q.unwrap_or(&[]);
+            let ok = if params.greedy() {
+                let choice = pick(z, Some(q), params, &mut rng);
+                if choice == d {
+                    true
+                } else {
+                    emitted.push((choice, TokenKind::Corrected, margin));
+                    false
+                }
+            } else {
+                let mut p_hat = target_distribution(z, params.temp, Some(q), params.eta);
+                top_p(&mut p_hat, params.top_p);
+                let di = token_index(d);
+                if accept(&p_hat, q, di, rng.random()) {
+                    true
+                } else {
+                    let t = sample(&residual(&p_hat, q), rng.random());
+                    emitted.push((index_token(t), TokenKind::Corrected, margin));
+                    false
+                }
+            };
+            if !ok {
+                break;
+            }
+            emitted.push((d, TokenKind::Accepted, margin));
+            accepted += 1;
+        }
+        // Roll the target back to [.., pending, accepted drafts]; the last emitted token becomes
+        // the next pending one.
+        target.truncate(base + 1 + accepted)?;
+        let t_verify = t1.elapsed();
+        draft_time += t_draft;
+        verify_time += t_verify;
+        stats.rounds += 1;
+        stats.drafted += drafts.len();
+        stats.accepted += accepted;
+
+        let round = Event::Round {
+            drafted: drafts.len(),
+            accepted,
+            t_draft,
+            t_verify,
+        };
+        let mut stop = false;
+        for (token, kind, margin) in emitted {
+            if model.vocab().is_eog(token) {
+                end_margin = Some(margin);
+                stop = true;
+                break;
+            }
+            if generated.len() >= params.max_tokens {
+                stop = true;
+                break;
+            }
+            generated.push(token);
+            draft_seq.push(token);
+            pending = token;
+            let g = GenToken {
+                id: token.0,
+                text: text.push(model, token),
+                kind,
+                margin,
+            };
+            if stats.ttft_s == 0.0 {
+                stats.ttft_s = started.elapsed().as_secs_f64();
+            }
+            out_tokens.push(g.clone());
+            if sink(Event::Token(g)) == Flow::Cancel {
+                cancelled = true;
+            }
+        }
+        if sink(round) == Flow::Cancel {
+            cancelled = true;
+        }
+        if stop {
+            break 'rounds;
+        }
+    }
+    let tail = text.finish();
+    if let Some(last) = out_tokens.last_mut() {
+        last.text.push_str(&tail);
+    }
+
+    let decode_s = decode_started.elapsed().as_secs_f64();
+    let busy_after = target.busy() + drafter.as_ref().map_or(Duration::ZERO, |d| d.ctx.busy());
+    stats.generated_tokens = out_tokens.len();
+    stats.acceptance_rate = ratio(stats.accepted, stats.drafted);
+    stats.mean_accepted_len = ratio(stats.generated_tokens, stats.rounds);
+    stats.decode_s = decode_s;
+    stats.decode_tok_s = if decode_s > 0.0 {
+        out_tokens.len() as f64 / decode_s
+    } else {
+        0.0
+    };
+    stats.target_ctx_tokens = target.tokens().len() + 1;
+    stats.draft_ctx_tokens = drafter.as_ref().map_or(0, |d| d.ctx.tokens().len());
+    stats.draft_s = draft_time.as_secs_f64();
+    stats.verify_s = verify_time.as_secs_f64();
+    stats.overhead_s = (decode_started
+        .elapsed()
+        .saturating_sub(busy_after - busy_before))
+    .as_secs_f64();
+    stats.cancelled = cancelled;
+    let answer: String = out_tokens.iter().map(|t| t.text.as_str()).collect();
+    sink(Event::Done(stats.clone()));
+    Ok(Output {
+        tokens: out_tokens,
+        end_margin,
+        text: answer,
+        stats,
+    })
+}
+
+/// Drafts up to `max` tokens after `seq` with the drafter; returns them with the drafter's
+/// distribution at each (empty vectors in greedy mode without transfer, where only the argmax
+/// matters). Stops early when the drafter's confidence falls below the threshold.
+fn draft(
+    ctx: &mut Context,
+    seq: &[LlamaToken],
+    params: &Params,
+    max: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Vec<LlamaToken>, Vec<Vec<f32>>)> {
+    ctx.sync(seq, &mut |_, _| true)?;
+    let need_q = !params.greedy() || params.eta > 0.0;
+    let mut drafts = Vec::with_capacity(max);
+    let mut qs = Vec::with_capacity(max + 1);
+    loop {
+        let z = ctx.logits(0);
+        let mut q = softmax(z, params.temp);
+        let confidence = q.iter().copied().fold(0.0f32, f32::max);
+        if params.greedy() && drafts.len() == max {
+            // The distribution after the last draft serves the bonus token's transfer.
+            if need_q {
+                qs.push(q);
+            }
+            break;
+        }
+        if drafts.len() == max || confidence < params.draft_confidence {
+            if need_q {
+                top_p(&mut q, params.top_p);
+                qs.push(q);
+            }
+            break;
+        }
+        let d = if params.greedy() {
+            index_token(argmax_margin(z).0)
+        } else {
+            top_p(&mut q, params.top_p);
+            index_token(sample(&q, rng.random()))
+        };
+        drafts.push(d);
+        if need_q {
+            qs.push(q);
+        } else {
+            qs.push(Vec::new());
+        }
+        // The last draft is decoded only when its successor's distribution is needed.
+        if drafts.len() < max || need_q {
+            ctx.decode_last(&[d])?;
+        } else {
+            break;
+        }
+    }
+    Ok((drafts, qs))
+}
+
+/// The target's token at a position: greedy takes the argmax (of p̂ when transferring), else a
+/// sample of top-p(p̂).
+fn pick(z: &[f32], q: Option<&[f32]>, params: &Params, rng: &mut ChaCha8Rng) -> LlamaToken {
+    let q = q.filter(|q| !q.is_empty());
+    if params.greedy() {
+        if params.eta > 0.0 && q.is_some() {
+            let p_hat = target_distribution(z, 1.0, q, params.eta);
+            return index_token(argmax_margin(&p_hat).0);
+        }
+        return index_token(argmax_margin(z).0);
+    }
+    let mut p_hat = target_distribution(z, params.temp, q, params.eta);
+    top_p(&mut p_hat, params.top_p);
+    index_token(sample(&p_hat, rng.random()))
+}
+
+fn token_index(t: LlamaToken) -> usize {
+    usize::try_from(t.0).unwrap_or(0)
+}
+
+fn index_token(i: usize) -> LlamaToken {
+    LlamaToken(i32::try_from(i).unwrap_or(0))
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// Turns token pieces into text, holding back bytes of a character split across tokens.
+#[derive(Default)]
+struct TextDecoder {
+    bytes: Vec<u8>,
+}
+
+impl TextDecoder {
+    fn push(&mut self, model: &LlamaModel, token: LlamaToken) -> String {
+        self.bytes
+            .extend(model.vocab().token_to_piece(token, false, None));
+        let valid = match std::str::from_utf8(&self.bytes) {
+            Ok(s) => s.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(e) => e.valid_up_to() + e.error_len().unwrap_or(1),
+        };
+        let out = String::from_utf8_lossy(&self.bytes[..valid]).into_owned();
+        self.bytes.drain(..valid);
+        out
+    }
+
+    fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.bytes).into_owned();
+        self.bytes.clear();
+        out
+    }
+}

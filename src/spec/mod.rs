@@ -1,0 +1,126 @@
+//! Speculative decoding: the decode loop shared by every mode, acceptance (greedy and
+//! η-transfer sampling), the events it emits and the statistics it keeps.
+
+pub mod decode;
+pub mod sampling;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How an answer is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The retrieval-augmented drafter proposes, the long-context target verifies.
+    Rapid,
+    /// The target alone, one token per step.
+    Ar,
+    /// Vanilla speculative decoding: the drafter sees the same long context as the target.
+    Sd,
+    /// The retrieval-augmented drafter answering alone.
+    Rag,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "rapid" => Ok(Self::Rapid),
+            "ar" => Ok(Self::Ar),
+            "sd" => Ok(Self::Sd),
+            "rag" => Ok(Self::Rag),
+            other => anyhow::bail!("unknown mode {other:?}: use rapid, ar, sd or rag"),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Rapid => "rapid",
+            Self::Ar => "ar",
+            Self::Sd => "sd",
+            Self::Rag => "rag",
+        })
+    }
+}
+
+/// Where a generated token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// A drafted token the target accepted.
+    Accepted,
+    /// The target's token where it rejected a draft.
+    Corrected,
+    /// The target's extra token after a fully accepted draft.
+    Bonus,
+    /// A token produced without drafting.
+    Target,
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenToken {
+    #[serde(skip)]
+    pub id: i32,
+    /// Its text (may be empty while a multi-byte character is incomplete).
+    pub text: String,
+    pub kind: TokenKind,
+    /// The verifying model's top-1 minus top-2 logit at this position.
+    pub margin: f32,
+}
+
+/// What the decode loop reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Prefill {
+        done: usize,
+        total: usize,
+    },
+    Token(GenToken),
+    Round {
+        drafted: usize,
+        accepted: usize,
+        t_draft: Duration,
+        t_verify: Duration,
+    },
+    Done(Stats),
+}
+
+/// Whether the loop should go on (the sink's answer to each event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Cancel,
+}
+
+/// Statistics of one answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub generated_tokens: usize,
+    /// Tokens the drafter proposed and the target verified.
+    pub drafted: usize,
+    pub accepted: usize,
+    pub acceptance_rate: f64,
+    /// Tokens emitted per verification round (accepted drafts + the target's own token).
+    pub mean_accepted_len: f64,
+    /// Rounds: verifications of a draft, or single target steps.
+    pub rounds: usize,
+    /// Tokens decoded before the first answer token (both contexts; reused prefixes not counted).
+    pub prefill_tokens: usize,
+    pub prefill_s: f64,
+    pub ttft_s: f64,
+    /// From the end of prefill to the last token.
+    pub decode_s: f64,
+    pub decode_tok_s: f64,
+    pub target_ctx_tokens: usize,
+    pub draft_ctx_tokens: usize,
+    /// Time spent drafting, verifying, and outside llama.cpp during decoding.
+    pub draft_s: f64,
+    pub verify_s: f64,
+    pub overhead_s: f64,
+    /// Whether the answer was cut short by cancellation.
+    pub cancelled: bool,
+}

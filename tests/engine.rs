@@ -1,0 +1,445 @@
+//! The RAPID engine on the real model and the demo corpus: greedy RAPID and SD reproduce greedy
+//! AR token for token (up to near-tie rounding), streaming and cancellation, rollback on a
+//! sliding-window model, and clear errors.
+
+mod common;
+
+use std::sync::{Mutex, OnceLock};
+
+use rapid_chat::config::{Config, EngineConfig};
+use rapid_chat::corpus::CorpusIndex;
+use rapid_chat::llm::{Context, ContextSpec, Models, fetch};
+use rapid_chat::session::{Engine, TurnSettings};
+use rapid_chat::spec::{Event, Flow, GenToken, Mode, TokenKind};
+
+/// One engine for the file: the model loads once, and tests take turns (2 cores).
+fn engine() -> std::sync::MutexGuard<'static, Engine> {
+    static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let models = Models::load(&common::model_path(), None, 0).expect("load the model");
+            Mutex::new(Engine::new(models, &engine_config()).expect("contexts"))
+        })
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        ctx: 4608,
+        draft_ctx: 1536,
+        retrieval_budget: 1024,
+        max_tokens: 64,
+        threads: 2,
+        ..EngineConfig::default()
+    }
+}
+
+/// The demo corpus indexed once into a temporary cache.
+fn demo_index() -> &'static CorpusIndex {
+    static INDEX: OnceLock<(common::Sandbox, CorpusIndex)> = OnceLock::new();
+    &INDEX
+        .get_or_init(|| {
+            let sb = common::Sandbox::demo();
+            let mut ix = sb.indexer();
+            ix.update(&mut |_| {}).unwrap();
+            let reader = ix.reader().unwrap();
+            (sb, reader)
+        })
+        .1
+}
+
+fn settings(mode: Mode, gamma: usize) -> TurnSettings {
+    let mut s = TurnSettings::from_config(&engine_config()).unwrap();
+    s.mode = mode;
+    s.params.gamma = gamma;
+    s
+}
+
+fn questions() -> Vec<String> {
+    let v: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(common::demo_dir().join("../questions.json")).unwrap(),
+    )
+    .unwrap();
+    v.iter()
+        .map(|q| q["question"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The first position where two outputs differ, if any.
+fn first_difference(a: &[GenToken], b: &[GenToken]) -> Option<usize> {
+    let n = a.len().min(b.len());
+    (0..n)
+        .find(|&i| a[i].id != b[i].id)
+        .or((a.len() != b.len()).then_some(n))
+}
+
+/// Below this top-1/top-2 logit gap, llama.cpp's batch-shape rounding may flip the argmax.
+const NEAR_TIE: f32 = 0.25;
+
+#[test]
+fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
+    let mut engine = engine();
+    let index = demo_index();
+    let mut compared = 0;
+    let mut differences = Vec::new();
+    for q in questions() {
+        let ar = engine
+            .answer(index, &q, &[], &settings(Mode::Ar, 0), &mut |_| {
+                Flow::Continue
+            })
+            .unwrap();
+        assert!(
+            ar.output.stats.target_ctx_tokens >= 4096,
+            "target context under 4K: {:?}",
+            ar.output.stats
+        );
+        assert!(
+            ar.view.chunks_in_view < ar.view.chunks_total,
+            "the demo corpus exceeds the context"
+        );
+        assert!(ar.output.tokens.iter().all(|t| t.kind == TokenKind::Target));
+        assert!(
+            ar.output.tokens.len() >= 4,
+            "{q}: a real answer: {:?}",
+            ar.output.text
+        );
+        for (mode, gamma) in [
+            (Mode::Rapid, 2),
+            (Mode::Rapid, 4),
+            (Mode::Rapid, 8),
+            (Mode::Sd, 4),
+        ] {
+            let spec = engine
+                .answer(index, &q, &[], &settings(mode, gamma), &mut |_| {
+                    Flow::Continue
+                })
+                .unwrap();
+            let s = &spec.output.stats;
+            assert!(
+                s.drafted > 0 && s.accepted > 0,
+                "{mode} γ={gamma} drafted nothing: {s:?}"
+            );
+            assert!(
+                spec.output
+                    .tokens
+                    .iter()
+                    .any(|t| t.kind == TokenKind::Accepted)
+            );
+            compared += 1;
+            if let Some(i) = first_difference(&ar.output.tokens, &spec.output.tokens) {
+                // Identical up to here; at the first difference the target must be near a tie.
+                let at = |o: &rapid_chat::spec::decode::Output| {
+                    o.tokens.get(i).map(|t| t.margin).or(o.end_margin)
+                };
+                let margin = at(&ar.output)
+                    .into_iter()
+                    .chain(at(&spec.output))
+                    .fold(f32::INFINITY, f32::min);
+                assert!(
+                    margin < NEAR_TIE,
+                    "{mode} γ={gamma} differs from AR at token {i} with a clear margin {margin:.3}: {q}\nAR:   {:?}\nspec: {:?}",
+                    ar.output.text,
+                    spec.output.text
+                );
+                differences.push(format!(
+                    "{mode} γ={gamma} at token {i}/{} (margin {margin:.3}): {q}",
+                    ar.output.tokens.len()
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "greedy comparisons: {compared}, identical: {}, near-tie differences: {}",
+        compared - differences.len(),
+        differences.len()
+    );
+    for d in &differences {
+        eprintln!("  {d}");
+    }
+}
+
+#[test]
+fn events_stream_every_token_and_cancel_stops_the_answer() {
+    let mut engine = engine();
+    let q = "Which endpoint of llama-server returns the health check result?";
+    let mut seen = Vec::new();
+    let mut rounds = 0;
+    let mut prefill_events = 0;
+    let mut done = None;
+    let answer = engine
+        .answer(demo_index(), q, &[], &settings(Mode::Rapid, 4), &mut |e| {
+            match e {
+                Event::Token(t) => seen.push(t),
+                Event::Round {
+                    drafted, accepted, ..
+                } => {
+                    assert!(accepted <= drafted);
+                    rounds += 1;
+                }
+                Event::Prefill { done, total } => {
+                    assert!(done <= total);
+                    prefill_events += 1;
+                }
+                Event::Done(s) => done = Some(s),
+            }
+            Flow::Continue
+        })
+        .unwrap();
+    assert_eq!(
+        seen, answer.output.tokens,
+        "every token is streamed, in order"
+    );
+    assert_eq!(done.as_ref(), Some(&answer.output.stats));
+    assert_eq!(rounds, answer.output.stats.rounds);
+    assert!(
+        !answer.sources.is_empty() && answer.sources.iter().any(|s| s.path == "llama-server.md")
+    );
+    assert!(
+        answer.output.text.contains("/health"),
+        "{}",
+        answer.output.text
+    );
+    let s = &answer.output.stats;
+    assert_eq!(s.generated_tokens, answer.output.tokens.len());
+    assert!((s.acceptance_rate - s.accepted as f64 / s.drafted as f64).abs() < 1e-9);
+    let _ = prefill_events;
+
+    let mut count = 0;
+    let cancelled = engine
+        .answer(demo_index(), q, &[], &settings(Mode::Rapid, 4), &mut |e| {
+            if matches!(e, Event::Token(_)) {
+                count += 1;
+            }
+            if count >= 3 {
+                Flow::Cancel
+            } else {
+                Flow::Continue
+            }
+        })
+        .unwrap();
+    assert!(cancelled.output.stats.cancelled);
+    assert!(
+        cancelled.output.tokens.len() >= 3
+            && cancelled.output.tokens.len() < answer.output.tokens.len()
+    );
+    assert_eq!(
+        cancelled.output.tokens[..],
+        answer.output.tokens[..cancelled.output.tokens.len()]
+    );
+}
+
+#[test]
+fn a_question_longer_than_the_context_and_an_empty_corpus_are_clear_errors() {
+    let mut engine = engine();
+    let long = "Explain the licence terms again and again. ".repeat(600);
+    let err = engine
+        .answer(
+            demo_index(),
+            &long,
+            &[],
+            &settings(Mode::Rapid, 4),
+            &mut |_| Flow::Continue,
+        )
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("do not fit the target context"),
+        "{err:#}"
+    );
+
+    let sb = common::Sandbox::empty();
+    let mut ix = sb.indexer();
+    ix.update(&mut |_| {}).unwrap();
+    let err = engine
+        .answer(
+            &ix.reader().unwrap(),
+            "anything?",
+            &[],
+            &settings(Mode::Rapid, 4),
+            &mut |_| Flow::Continue,
+        )
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no documents are indexed"),
+        "{err:#}"
+    );
+}
+
+fn gemma() -> std::path::PathBuf {
+    let dirs = rapid_chat::paths::Dirs::from_env().unwrap();
+    fetch::ensure(&fetch::GEMMA3_270M, &dirs.models(), false).expect("fetch Gemma 3 270M")
+}
+
+#[test]
+fn a_drafter_with_another_vocabulary_is_refused_naming_both_models() {
+    let _serial = engine();
+    let err = Models::load(&common::model_path(), Some(&gemma()), 0)
+        .err()
+        .expect("refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("gemma-3-270m") && msg.contains("SmolLM2"),
+        "{msg}"
+    );
+    assert!(msg.contains("vocabulary"), "{msg}");
+}
+
+#[test]
+fn rollback_on_a_sliding_window_model_matches_a_fresh_context() {
+    let _serial = engine();
+    let models = Models::load(&gemma(), None, 0).unwrap();
+    let tok = |s: &str| models.target.vocab().tokenize(s.as_bytes(), false, false);
+    let text = std::fs::read_to_string(common::demo_dir().join("gpl-3.0.txt")).unwrap();
+    let mut prompt = tok(&text[..4000]);
+    prompt.truncate(800); // beyond Gemma 3's 512-token sliding window
+    let detour = tok(" The quick brown fox jumps over the lazy dog many times over and over");
+    let ending = tok(" In short, the license says that");
+    let spec = ContextSpec {
+        n_ctx: 2048,
+        threads: 2,
+        flash_attention: false,
+    };
+
+    // Decode prompt + detour, roll the detour back, decode the ending.
+    let mut rewound = Context::new(models.target, spec).unwrap();
+    rewound.prefill(&prompt, &mut |_, _| true).unwrap();
+    rewound
+        .prefill(&[prompt.clone(), detour.clone()].concat(), &mut |_, _| true)
+        .unwrap();
+    rewound.truncate(prompt.len()).unwrap();
+    rewound
+        .sync(&[prompt.clone(), ending.clone()].concat(), &mut |_, _| true)
+        .unwrap();
+    let after_rewind = rewound.logits(0).to_vec();
+
+    let mut fresh = Context::new(models.target, spec).unwrap();
+    fresh.prefill(&prompt, &mut |_, _| true).unwrap();
+    fresh
+        .sync(&[prompt.clone(), ending.clone()].concat(), &mut |_, _| true)
+        .unwrap();
+    let from_fresh = fresh.logits(0).to_vec();
+
+    let (a, margin) = rapid_chat::spec::sampling::argmax_margin(&from_fresh);
+    assert_eq!(
+        rapid_chat::spec::sampling::argmax_margin(&after_rewind).0,
+        a,
+        "same next token (margin {margin})"
+    );
+    let max_diff = after_rewind
+        .iter()
+        .zip(&from_fresh)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        max_diff < 0.05,
+        "logits after a rewind match a fresh context: max diff {max_diff}"
+    );
+}
+
+#[test]
+fn ask_json_has_the_documented_shape_and_bad_models_fail_cleanly() {
+    let _serial = engine();
+    let cache = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::exe())
+            .env("RAPID_CHAT_CACHE_DIR", cache.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let demo = common::demo_dir();
+    let demo = demo.to_str().unwrap();
+    let small = [
+        "--ctx",
+        "1024",
+        "--draft-ctx",
+        "768",
+        "--retrieval-budget",
+        "300",
+        "--max-tokens",
+        "24",
+        "--threads",
+        "2",
+    ];
+    let out = run(&[
+        &[
+            "ask",
+            demo,
+            "What is the date of version 3 of the GNU General Public License?",
+            "--json",
+        ][..],
+        &small,
+    ]
+    .concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["answer", "mode", "tokens", "sources", "stats"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    for key in [
+        "generated_tokens",
+        "drafted",
+        "accepted",
+        "acceptance_rate",
+        "mean_accepted_len",
+        "rounds",
+        "prefill_tokens",
+        "prefill_s",
+        "ttft_s",
+        "decode_s",
+        "decode_tok_s",
+        "target_ctx_tokens",
+        "draft_ctx_tokens",
+    ] {
+        assert!(v["stats"].get(key).is_some(), "missing stats.{key}");
+    }
+    assert_eq!(v["mode"], "rapid");
+    let t = &v["tokens"][0];
+    assert!(t["text"].is_string() && t["margin"].is_number());
+    assert!(["accepted", "corrected", "bonus", "target"].contains(&t["kind"].as_str().unwrap()));
+    assert!(v["sources"][0]["path"].is_string() && v["sources"][0]["score"].is_number());
+    let joined: String = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, v["answer"].as_str().unwrap());
+
+    let out = run(&["--model", "/no/such.gguf", "ask", demo, "hello?"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--model PATH") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    let not_gguf = cache.path().join("x.gguf");
+    std::fs::write(&not_gguf, b"GGUF but truncated").unwrap();
+    let out = run(&["--model", not_gguf.to_str().unwrap(), "ask", demo, "hello?"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("could not load") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    let gemma = gemma();
+    let out = run(&[
+        "--draft-model",
+        gemma.to_str().unwrap(),
+        "ask",
+        demo,
+        "hello?",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vocabulary"));
+
+    let mut cfg = Config::default();
+    cfg.engine.mode = "warp".into();
+    assert!(cfg.validate().is_err());
+}
