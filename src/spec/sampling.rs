@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn tail_protection_leaves_tokens_the_drafter_finds_unlikely_unshifted() {
-        let q = [0.70f32, 0.25, 0.05 * 0.5, 0.025];
+        let q = [0.65f32, 0.30, 0.03, 0.02];
         let z = [0.0f32, 0.0, 0.0, 0.0];
         let shifted = target_distribution(&z, 1.0, Some(&q), 1.0);
         // Tokens 2 and 3 are below 0.1 * max q: same logit, so same probability.
