@@ -16,6 +16,39 @@ pub struct Config {
     pub draft_model: Option<PathBuf>,
     pub corpus: CorpusConfig,
     pub engine: EngineConfig,
+    pub tui: TuiConfig,
+}
+
+/// The terminal UI: key bindings and colours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TuiConfig {
+    /// Extra key bindings, action name -> key (e.g. `toggle_sources = "f3"`); they add to the
+    /// defaults shown by `?`.
+    pub keys: std::collections::BTreeMap<String, String>,
+    /// Colour of drafted tokens the target accepted.
+    pub accepted: String,
+    /// Colour of the target's corrections (also underlined).
+    pub corrected: String,
+    /// Colour of the target's bonus tokens (also italic).
+    pub bonus: String,
+    /// Colour of the questions.
+    pub question: String,
+    /// Colour of borders and labels.
+    pub accent: String,
+}
+
+impl Default for TuiConfig {
+    fn default() -> Self {
+        Self {
+            keys: std::collections::BTreeMap::new(),
+            accepted: "green".into(),
+            corrected: "red".into(),
+            bonus: "cyan".into(),
+            question: "yellow".into(),
+            accent: "blue".into(),
+        }
+    }
 }
 
 /// How documents are read and cut into chunks.
@@ -169,6 +202,25 @@ impl Config {
             "engine.draft_confidence must be between 0 and 1"
         );
         anyhow::ensure!(e.max_tokens >= 1, "engine.max_tokens must be at least 1");
+        let t = &self.tui;
+        for (name, value) in [
+            ("accepted", &t.accepted),
+            ("corrected", &t.corrected),
+            ("bonus", &t.bonus),
+            ("question", &t.question),
+            ("accent", &t.accent),
+        ] {
+            anyhow::ensure!(
+                value.parse::<ratatui::style::Color>().is_ok(),
+                "tui.{name}: {value:?} is not a colour (a name like \"green\", or \"#rrggbb\")"
+            );
+        }
+        for (action, key) in &t.keys {
+            crate::tui::keymap::Action::from_name(action)
+                .map_err(|e| anyhow::anyhow!("tui.keys.{action}: {e}"))?;
+            crate::tui::keymap::parse_key(key)
+                .map_err(|e| anyhow::anyhow!("tui.keys.{action}: {e}"))?;
+        }
         Ok(())
     }
 

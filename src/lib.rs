@@ -9,3 +9,4 @@ pub mod logging;
 pub mod paths;
 pub mod session;
 pub mod spec;
+pub mod tui;

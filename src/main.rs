@@ -26,6 +26,11 @@ struct Cli {
     command: Option<Command>,
     /// Folder of documents (default: the current folder).
     folder: Option<PathBuf>,
+    /// Start without the conversation saved for this folder.
+    #[arg(long)]
+    new: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args)]
@@ -84,6 +89,13 @@ struct AskArgs {
     /// Print one JSON object (answer, tokens with kinds and margins, sources, stats).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Decoding options, over the config's `[engine]` section.
+#[derive(Args)]
+struct EngineArgs {
     /// rapid (default), ar (target only), sd (drafter sees the full context), rag (drafter alone).
     #[arg(long)]
     mode: Option<String>,
@@ -118,7 +130,7 @@ struct AskArgs {
     threads: Option<u32>,
 }
 
-impl AskArgs {
+impl EngineArgs {
     /// Flags over config.
     fn apply(&self, c: &mut rapid_chat::config::EngineConfig) {
         macro_rules! set {
@@ -201,7 +213,9 @@ impl Ctx {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let ctx = Ctx::new(&cli.global)?;
+    let mut ctx = Ctx::new(&cli.global)?;
+    cli.engine.apply(&mut ctx.config.engine);
+    ctx.config.validate()?;
     match cli.command {
         Some(Command::FetchModel { name }) => {
             let model = fetch::known(&name)?;
@@ -224,7 +238,20 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::ExtractPdf { .. }) => unreachable!("handled before logging starts"),
         None => {
             let folder = cli.folder.unwrap_or_else(|| PathBuf::from("."));
-            interactive_search(&ctx, &folder)
+            if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+                anyhow::bail!(
+                    "the chat UI needs a terminal; for scripts use `rapid-chat ask FOLDER \"QUESTION\"`"
+                );
+            }
+            rapid_chat::tui::run(rapid_chat::tui::Options {
+                folder,
+                model: ctx.model_path()?,
+                pdf_worker: std::env::current_exe()
+                    .context("cannot find the rapid-chat executable")?,
+                config: ctx.config,
+                dirs: ctx.dirs,
+                new: cli.new,
+            })
         }
     }
 }
@@ -319,7 +346,7 @@ fn current_index(ctx: &Ctx, folder: &Path, quiet: bool) -> Result<CorpusIndex> {
 fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
     use rapid_chat::session::{Engine, TurnSettings};
     use rapid_chat::spec::{Event, Flow};
-    args.apply(&mut ctx.config.engine);
+    args.engine.apply(&mut ctx.config.engine);
     ctx.config.validate()?;
     let index = current_index(&ctx, &args.folder, args.json)?;
     let target = ctx.model_path()?;
@@ -441,39 +468,5 @@ fn print_hits(hits: &[rapid_chat::corpus::Hit]) {
             h.snippet.clone()
         };
         println!("   {snippet}");
-    }
-}
-
-/// Until the chat UI lands: index the folder, keep it current, and answer searches typed at
-/// the prompt.
-fn interactive_search(ctx: &Ctx, folder: &Path) -> Result<()> {
-    let mut indexer = ctx.indexer(folder)?;
-    let started = Instant::now();
-    let report = index_pass(&mut indexer)?;
-    print_report(&report, started.elapsed().as_secs_f64());
-    let index = indexer.reader()?;
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let _watcher = rapid_chat::corpus::watch::Watcher::start(
-        indexer,
-        std::time::Duration::from_millis(500),
-        tx,
-    )?;
-    let stdin = std::io::stdin();
-    loop {
-        for event in rx.try_iter() {
-            println!("[watch] {event:?}");
-        }
-        print!("search> ");
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        if stdin.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let query = line.trim();
-        if query.is_empty() {
-            continue;
-        }
-        index.reload()?;
-        print_hits(&index.search(query, 5)?);
     }
 }

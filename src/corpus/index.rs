@@ -422,12 +422,18 @@ impl Indexer {
             report.removed.push(rel);
         }
         let total = files.len();
+        let mut last_commit = std::time::Instant::now();
         for (i, (rel, path, kind)) in files.iter().enumerate() {
             progress(&Progress {
                 done: i,
                 total,
                 path: rel.clone(),
             });
+            // Commit now and then, so that searches see a long first pass as it goes.
+            if last_commit.elapsed() > Duration::from_secs(2) {
+                self.commit()?;
+                last_commit = std::time::Instant::now();
+            }
             match self.update_file(rel, path, *kind, &mut report) {
                 Ok(()) => {}
                 Err(reason) => {
@@ -450,10 +456,7 @@ impl Indexer {
             total,
             path: String::new(),
         });
-        self.writer.commit().context("cannot commit the index")?;
-        self.manifest
-            .save(&self.dir.join("manifest.json"))
-            .context("cannot save the index manifest")?;
+        self.commit()?;
         for s in &skipped {
             if !files.iter().any(|(rel, _, _)| rel == &s.path) {
                 tracing::warn!(path = %s.path, reason = %s.reason, "skipped");
@@ -464,6 +467,14 @@ impl Indexer {
         report.files_skipped = skipped;
         report.chunks = self.manifest.files.values().map(|f| f.chunks as u64).sum();
         Ok(report)
+    }
+
+    /// Makes the index's changes durable, then the manifest that describes them.
+    fn commit(&mut self) -> Result<()> {
+        self.writer.commit().context("cannot commit the index")?;
+        self.manifest
+            .save(&self.dir.join("manifest.json"))
+            .context("cannot save the index manifest")
     }
 
     fn update_file(

@@ -11,7 +11,9 @@ use crate::corpus::CorpusIndex;
 use crate::llm::{Context, ContextSpec, Models};
 use crate::spec::decode::{self, Drafter, Output, Params};
 use crate::spec::{Event, Flow, Mode};
-pub use prompt::{Source, Turn, View};
+pub use prompt::{Prompts, Source, Turn, View};
+
+pub mod worker;
 
 /// The loaded models and their two contexts.
 pub struct Engine {
@@ -34,7 +36,7 @@ pub struct Answer {
 }
 
 /// Per-turn settings, from config and flags.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TurnSettings {
     pub mode: Mode,
     pub params: Params,
@@ -110,6 +112,18 @@ impl Engine {
         settings: &TurnSettings,
         sink: &mut dyn FnMut(Event) -> Flow,
     ) -> Result<Answer> {
+        let prompts = self.prepare(index, question, history, settings)?;
+        self.run(prompts, settings, sink)
+    }
+
+    /// Builds the turn's prompts (retrieval included), sizing the drafter's context for the mode.
+    pub fn prepare(
+        &mut self,
+        index: &CorpusIndex,
+        question: &str,
+        history: &[Turn],
+        settings: &TurnSettings,
+    ) -> Result<prompt::Prompts> {
         // Vanilla SD gives the drafter the target's whole context: it needs as much room (and
         // keeps it for later turns rather than reallocating).
         let draft_n_ctx = if settings.mode == Mode::Sd {
@@ -132,7 +146,16 @@ impl Engine {
             retrieval: settings.retrieval_budget,
             max_tokens: settings.params.max_tokens,
         };
-        let prompts = prompt::build(self.models.target, index, question, history, budgets)?;
+        prompt::build(self.models.target, index, question, history, budgets)
+    }
+
+    /// Decodes the answer to prepared prompts in the chosen mode.
+    pub fn run(
+        &mut self,
+        prompts: prompt::Prompts,
+        settings: &TurnSettings,
+        sink: &mut dyn FnMut(Event) -> Flow,
+    ) -> Result<Answer> {
         let model = self.models.target;
         let params = &settings.params;
         let (mut shared_prefill, mut shared_s) = (0, 0.0);

@@ -7,7 +7,7 @@
 use anyhow::{Result, bail};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::corpus::{CorpusIndex, Hit};
 use crate::llm::chat::{self, Message, Role};
@@ -22,21 +22,21 @@ const DOCS_MARK: &str = "\u{E000}";
 const QUESTION_MARK: &str = "\u{E001}";
 
 /// A chunk shown to a model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     pub path: String,
     pub page: Option<u32>,
     pub score: f32,
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     pub start: usize,
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     pub end: usize,
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     pub text: String,
 }
 
 /// How much of the corpus the target sees.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct View {
     pub chunks_in_view: usize,
     pub chunks_total: usize,

@@ -18,7 +18,7 @@ use super::{Event, Flow, GenToken, Stats, TokenKind};
 use crate::llm::Context;
 
 /// Decoding settings of one answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Params {
     /// Largest draft per round.
     pub gamma: usize,
@@ -102,6 +102,7 @@ pub fn generate(
     let mut text = TextDecoder::default();
     let mut pending = prompt[prompt.len() - 1];
     let mut end_margin = None;
+    let mut ended_by_eog = false;
     let mut draft_seq: Vec<LlamaToken> = drafter
         .as_ref()
         .map(|d| d.prompt.to_vec())
@@ -181,19 +182,20 @@ pub fn generate(
         draft_time += t_draft;
         verify_time += t_verify;
         stats.rounds += 1;
-        stats.drafted += drafts.len();
-        stats.accepted += accepted;
 
-        let round = Event::Round {
-            drafted: drafts.len(),
-            accepted,
-            t_draft,
-            t_verify,
-        };
+        // Emit up to end-of-generation or the token limit. The round's statistics count the
+        // drafts verified up to there (an accepted end-of-generation draft included).
         let mut stop = false;
+        let mut considered = 0;
+        let mut accepted_used = 0;
         for (token, kind, margin) in emitted {
+            considered += 1;
+            if kind == TokenKind::Accepted {
+                accepted_used += 1;
+            }
             if model.vocab().is_eog(token) {
                 end_margin = Some(margin);
+                ended_by_eog = true;
                 stop = true;
                 break;
             }
@@ -218,6 +220,20 @@ pub fn generate(
                 cancelled = true;
             }
         }
+        let drafted = if stop {
+            drafts.len().min(considered)
+        } else {
+            drafts.len()
+        };
+        let accepted = accepted.min(accepted_used);
+        stats.drafted += drafted;
+        stats.accepted += accepted;
+        let round = Event::Round {
+            drafted,
+            accepted,
+            t_draft,
+            t_verify,
+        };
         if sink(round) == Flow::Cancel {
             cancelled = true;
         }
@@ -234,7 +250,11 @@ pub fn generate(
     let busy_after = target.busy() + drafter.as_ref().map_or(Duration::ZERO, |d| d.ctx.busy());
     stats.generated_tokens = out_tokens.len();
     stats.acceptance_rate = ratio(stats.accepted, stats.drafted);
-    stats.mean_accepted_len = ratio(stats.generated_tokens, stats.rounds);
+    // Tokens the target produced per round, the hidden end-of-generation token included.
+    stats.mean_accepted_len = ratio(
+        stats.generated_tokens + usize::from(ended_by_eog),
+        stats.rounds,
+    );
     stats.decode_s = decode_s;
     stats.decode_tok_s = if decode_s > 0.0 {
         out_tokens.len() as f64 / decode_s

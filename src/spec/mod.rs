@@ -6,10 +6,10 @@ pub mod sampling;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How an answer is decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The retrieval-augmented drafter proposes, the long-context target verifies.
@@ -47,7 +47,7 @@ impl std::fmt::Display for Mode {
 }
 
 /// Where a generated token came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenKind {
     /// A drafted token the target accepted.
@@ -61,9 +61,9 @@ pub enum TokenKind {
 }
 
 /// One generated token.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenToken {
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     pub id: i32,
     /// Its text (may be empty while a multi-byte character is incomplete).
     pub text: String,
@@ -97,7 +97,8 @@ pub enum Flow {
 }
 
 /// Statistics of one answer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     pub generated_tokens: usize,
     /// Tokens the drafter proposed and the target verified.

@@ -1,0 +1,158 @@
+//! The engine thread: owns the models and contexts, takes questions, streams events back. The UI
+//! never calls llama.cpp; it sends [`Request`]s and receives [`Reply`]s, and cancels through a
+//! flag the decode loop checks at every event.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Answer, Engine, Source, Turn, TurnSettings, View};
+use crate::corpus::CorpusIndex;
+use crate::spec::{Event, Flow};
+
+/// What the UI asks of the engine.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Ask {
+        question: String,
+        history: Vec<Turn>,
+        settings: TurnSettings,
+    },
+}
+
+/// Facts about the loaded engine, for the sidebar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineInfo {
+    pub target: String,
+    pub drafter: String,
+    pub self_speculation: bool,
+    pub gpu: bool,
+    pub gpu_layers: i32,
+    pub threads: u32,
+    pub target_ctx: usize,
+    pub draft_ctx: usize,
+}
+
+/// What the engine tells the UI.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Loaded(EngineInfo),
+    /// The engine could not start; questions cannot be answered.
+    LoadFailed(String),
+    /// Retrieval is done: what the drafter reads and how much of the corpus the target sees.
+    Started {
+        sources: Vec<Source>,
+        view: View,
+    },
+    Event(Event),
+    Finished(Box<Answer>),
+    Failed(String),
+}
+
+/// The UI's handle on the engine thread.
+pub struct Worker {
+    requests: Sender<Request>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Starts the thread: it builds the engine with `load` (slow: models), then serves requests
+    /// against `index` until the handle is dropped.
+    pub fn spawn(
+        load: impl FnOnce() -> Result<(Engine, i32)> + Send + 'static,
+        index: CorpusIndex,
+        replies: Sender<Reply>,
+    ) -> Result<Self> {
+        let (requests, rx) = crossbeam_channel::unbounded();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cancel);
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || serve(load, index, rx, replies, flag))?;
+        Ok(Self { requests, cancel })
+    }
+
+    /// Asks a question; events follow on the replies channel.
+    pub fn ask(&self, request: Request) {
+        self.cancel.store(false, Ordering::SeqCst);
+        let _ = self.requests.send(request);
+    }
+
+    /// Stops the answer in progress (prefill or generation) as soon as the loop sees it.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve(
+    load: impl FnOnce() -> Result<(Engine, i32)>,
+    index: CorpusIndex,
+    requests: Receiver<Request>,
+    replies: Sender<Reply>,
+    cancel: Arc<AtomicBool>,
+) {
+    let (mut engine, gpu_layers) = match load() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "engine failed to start");
+            let _ = replies.send(Reply::LoadFailed(format!("{e:#}")));
+            return;
+        }
+    };
+    let name = |p: &std::path::Path| {
+        p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+    let (target_ctx, draft_ctx) = engine.ctx_sizes();
+    let info = EngineInfo {
+        target: name(&engine.models.target_path),
+        drafter: name(&engine.models.drafter_path),
+        self_speculation: engine.models.same,
+        gpu: engine.gpu,
+        gpu_layers,
+        threads: engine.threads(),
+        target_ctx,
+        draft_ctx,
+    };
+    if replies.send(Reply::Loaded(info)).is_err() {
+        return;
+    }
+    for request in requests {
+        let Request::Ask {
+            question,
+            history,
+            settings,
+        } = request;
+        let result = (|| {
+            index.reload()?;
+            let prompts = engine.prepare(&index, &question, &history, &settings)?;
+            let _ = replies.send(Reply::Started {
+                sources: prompts.sources.clone(),
+                view: prompts.view.clone(),
+            });
+            let mut sink = |event: Event| {
+                let _ = replies.send(Reply::Event(event));
+                if cancel.load(Ordering::SeqCst) {
+                    Flow::Cancel
+                } else {
+                    Flow::Continue
+                }
+            };
+            engine.run(prompts, &settings, &mut sink)
+        })();
+        let reply = match result {
+            Ok(answer) => Reply::Finished(Box::new(answer)),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "answer failed");
+                Reply::Failed(format!("{e:#}"))
+            }
+        };
+        if replies.send(reply).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! Drawing: the chat, the sidebar of statistics, the sources pane, the input line, the status
+//! line and the help popup. Reads the [`App`] state only; never changes it.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Gauge, Paragraph, Sparkline, Wrap};
+
+use super::app::{AnswerStatus, App, Entry, Focus, TurnState};
+use super::keymap::Action;
+use super::markdown::{self, Palette};
+use crate::spec::{Mode, TokenKind};
+
+/// Colours from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Theme {
+    pub palette: Palette,
+    pub question: Color,
+    pub accent: Color,
+}
+
+impl Theme {
+    pub fn from_config(c: &crate::config::TuiConfig) -> Self {
+        let color = |s: &str, d: Color| s.parse().unwrap_or(d);
+        Self {
+            palette: Palette {
+                accepted: color(&c.accepted, Color::Green),
+                corrected: color(&c.corrected, Color::Red),
+                bonus: color(&c.bonus, Color::Cyan),
+            },
+            question: color(&c.question, Color::Yellow),
+            accent: color(&c.accent, Color::Blue),
+        }
+    }
+}
+
+const SIDEBAR: u16 = 30;
+
+pub fn draw(f: &mut Frame, app: &App, theme: &Theme) {
+    let area = f.area();
+    let [main, status] = split_v(area, [Constraint::Min(3), Constraint::Length(1)]);
+    let sidebar_w = if main.width >= 70 { SIDEBAR } else { 0 };
+    let [left, right] = split_h(main, [Constraint::Min(20), Constraint::Length(sidebar_w)]);
+    let input_h = (app.input.lines().count().max(1) + usize::from(app.input.ends_with('\n'))).min(5)
+        as u16
+        + 2;
+    let sources_h = if app.show_sources {
+        (left.height / 3).max(5)
+    } else {
+        0
+    };
+    let [chat, sources, input] = split_v(
+        left,
+        [
+            Constraint::Min(3),
+            Constraint::Length(sources_h),
+            Constraint::Length(input_h),
+        ],
+    );
+    draw_chat(f, app, theme, chat);
+    if app.show_sources {
+        draw_sources(f, app, theme, sources);
+    }
+    draw_input(f, app, theme, input);
+    if sidebar_w > 0 {
+        draw_sidebar(f, app, theme, right);
+    }
+    draw_status(f, app, theme, status);
+    if app.show_help {
+        draw_help(f, app, theme, area);
+    } else if app.source_open {
+        draw_source_text(f, app, theme, area);
+    }
+}
+
+fn split_v<const N: usize>(area: Rect, c: [Constraint; N]) -> [Rect; N] {
+    Layout::default()
+        .direction(Direction::Vertical)
+        .constraints(c)
+        .areas(area)
+}
+
+fn split_h<const N: usize>(area: Rect, c: [Constraint; N]) -> [Rect; N] {
+    Layout::default()
+        .direction(Direction::Horizontal)
+        .constraints(c)
+        .areas(area)
+}
+
+fn block<'a>(title: &'a str, theme: &Theme, focused: bool) -> Block<'a> {
+    let style = if focused {
+        Style::default()
+            .fg(theme.accent)
+            .add_modifier(Modifier::BOLD)
+    } else {
+        Style::default().fg(theme.accent)
+    };
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(style)
+        .title(Span::styled(format!(" {title} "), style))
+}
+
+fn chat_lines(app: &App, theme: &Theme, width: usize) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    let palette = app.colors.then_some(&theme.palette);
+    let dim = Style::default().fg(Color::DarkGray);
+    if app.entries.is_empty() {
+        lines.extend(markdown::plain(
+            &format!(
+                "Ask a question about the documents in {}. Enter sends; ? or F1 shows the keys.",
+                app.folder
+            ),
+            dim,
+            width,
+        ));
+    }
+    for (i, e) in app.entries.iter().enumerate() {
+        if i > 0 {
+            lines.push(Line::default());
+        }
+        let q_style = Style::default()
+            .fg(theme.question)
+            .add_modifier(Modifier::BOLD);
+        lines.extend(markdown::plain(
+            &format!("› {}", e.question),
+            q_style,
+            width,
+        ));
+        lines.extend(markdown::render(&e.tokens, palette, width));
+        let last = i + 1 == app.entries.len();
+        if let Some(note) = entry_note(e, if last { Some(&app.turn) } else { None }) {
+            lines.extend(markdown::plain(&note.0, note.1, width));
+        }
+    }
+    lines
+}
+
+fn entry_note(e: &Entry, turn: Option<&TurnState>) -> Option<(String, Style)> {
+    let dim = Style::default().fg(Color::DarkGray);
+    match &e.status {
+        AnswerStatus::Streaming => Some((
+            match turn {
+                Some(TurnState::Retrieving) => "retrieving…".into(),
+                Some(TurnState::Prefilling { done, total }) => {
+                    format!("reading the documents: {done}/{total} tokens…")
+                }
+                Some(TurnState::Cancelling) => "cancelling…".into(),
+                _ => "▍".into(),
+            },
+            dim,
+        )),
+        AnswerStatus::Cancelled => {
+            Some(("[cancelled]".into(), Style::default().fg(Color::Magenta)))
+        }
+        AnswerStatus::Failed(err) => {
+            Some((format!("[error] {err}"), Style::default().fg(Color::Red)))
+        }
+        AnswerStatus::Done => e.stats.as_ref().map(|s| {
+            let changed = if e.index_changed {
+                " · index changed meanwhile"
+            } else {
+                ""
+            };
+            (
+                format!(
+                    "[{}] {} tokens · {:.1} tok/s · accepted {}/{}{changed}",
+                    e.mode, s.generated_tokens, s.decode_tok_s, s.accepted, s.drafted
+                ),
+                dim,
+            )
+        }),
+    }
+}
+
+fn draw_chat(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let title = format!("rapid-chat · {}", app.folder);
+    let b = block(&title, theme, app.focus == Focus::Chat);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let lines = chat_lines(app, theme, inner.width as usize);
+    let height = inner.height as usize;
+    let max_scroll = lines.len().saturating_sub(height);
+    let scroll = app.scroll.min(max_scroll);
+    let start = lines.len().saturating_sub(height + scroll);
+    let visible: Vec<Line> = lines.into_iter().skip(start).take(height).collect();
+    f.render_widget(Paragraph::new(visible), inner);
+}
+
+fn draw_sources(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let b = block(
+        "sources given to the drafter (Tab, j/k, Enter)",
+        theme,
+        app.focus == Focus::Sources,
+    );
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let sources = app.current_sources();
+    let lines: Vec<Line> = if sources.is_empty() {
+        vec![Line::styled(
+            "no sources yet",
+            Style::default().fg(Color::DarkGray),
+        )]
+    } else {
+        let first = app
+            .selected_source
+            .saturating_sub(inner.height.saturating_sub(1) as usize);
+        sources
+            .iter()
+            .enumerate()
+            .skip(first)
+            .map(|(i, s)| {
+                let page = s.page.map(|p| format!(" p.{p}")).unwrap_or_default();
+                let style = if i == app.selected_source && app.focus == Focus::Sources {
+                    Style::default().add_modifier(Modifier::REVERSED)
+                } else {
+                    Style::default()
+                };
+                Line::styled(format!("{:>6.2}  {}{page}", s.score, s.path), style)
+            })
+            .collect()
+    };
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_input(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let title = if app.busy() {
+        "question (Esc stops the answer)"
+    } else {
+        "question (Enter sends, Alt-Enter new line)"
+    };
+    let b = block(title, theme, app.focus == Focus::Input);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let text: Vec<Line> = app
+        .input
+        .split('\n')
+        .map(|l| Line::raw(l.to_owned()))
+        .collect();
+    let before = &app.input[..app.cursor];
+    let row = before.matches('\n').count();
+    let col = unicode_width::UnicodeWidthStr::width(before.rsplit('\n').next().unwrap_or(""));
+    let skip = row.saturating_sub(inner.height.saturating_sub(1) as usize);
+    f.render_widget(Paragraph::new(text).scroll((skip as u16, 0)), inner);
+    if app.focus == Focus::Input && !app.show_help {
+        let x = inner.x + (col as u16).min(inner.width.saturating_sub(1));
+        let y = inner.y + (row - skip) as u16;
+        f.set_cursor_position((x, y));
+    }
+}
+
+fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let b = block("stats", theme, false);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let label = Style::default().fg(Color::DarkGray);
+    let room = (inner.width as usize).saturating_sub(11);
+    let kv = |k: &str, v: String| {
+        Line::from(vec![
+            Span::styled(format!("{k:<10} "), label),
+            Span::raw(fit(&v, room)),
+        ])
+    };
+    let head = |t: &str| {
+        Line::styled(
+            t.to_owned(),
+            Style::default()
+                .fg(theme.accent)
+                .add_modifier(Modifier::BOLD),
+        )
+    };
+    let mut lines = Vec::new();
+    match (&app.engine, &app.engine_error) {
+        (Some(e), _) => {
+            let stem = |n: &str| n.trim_end_matches(".gguf").to_owned();
+            lines.push(kv("target", stem(&e.target)));
+            lines.push(kv(
+                "drafter",
+                if e.self_speculation {
+                    "same (self-spec)".into()
+                } else {
+                    stem(&e.drafter)
+                },
+            ));
+            lines.push(kv(
+                "device",
+                if e.gpu {
+                    format!(
+                        "CUDA, {} layers",
+                        if e.gpu_layers < 0 {
+                            "all".into()
+                        } else {
+                            e.gpu_layers.to_string()
+                        }
+                    )
+                } else {
+                    format!("CPU, {} threads", e.threads)
+                },
+            ));
+        }
+        (None, Some(_)) => lines.push(Line::styled(
+            "model failed to load",
+            Style::default().fg(Color::Red),
+        )),
+        (None, None) => lines.push(Line::styled("loading the model…", label)),
+    }
+    let last = app.entries.last();
+    let s = last.and_then(|e| e.stats.as_ref());
+    let (tctx, dctx) = app
+        .engine
+        .as_ref()
+        .map_or((0, 0), |e| (e.target_ctx, e.draft_ctx));
+    lines.push(kv(
+        "target ctx",
+        format!("{}/{}", s.map_or(0, |s| s.target_ctx_tokens), tctx),
+    ));
+    lines.push(kv(
+        "draft ctx",
+        format!("{}/{}", s.map_or(0, |s| s.draft_ctx_tokens), dctx),
+    ));
+    if let Some(v) = last.and_then(|e| e.view.as_ref()) {
+        lines.push(kv(
+            "in view",
+            format!("{}/{} chunks", v.chunks_in_view, v.chunks_total),
+        ));
+    }
+    let p = &app.settings.params;
+    lines.push(kv(
+        "mode",
+        format!("{} γ{} η{} T{}", app.settings.mode, p.gamma, p.eta, p.temp),
+    ));
+    lines.push(head("this answer"));
+    if let Some(e) = last {
+        let (tok, drafted, accepted, rounds) = live_stats(e);
+        let st = s.cloned().unwrap_or_default();
+        let tok_s = if s.is_some() {
+            st.decode_tok_s
+        } else if e.decode_s > 0.0 {
+            tok as f64 / e.decode_s
+        } else {
+            0.0
+        };
+        lines.push(kv("tok/s", format!("{tok_s:.1}")));
+        lines.push(kv(
+            "accepted",
+            format!("{} ({:.0}%)", accepted, pct(accepted, drafted)),
+        ));
+        lines.push(kv(
+            "drafted",
+            format!("{drafted}, rejected {}", drafted - accepted),
+        ));
+        lines.push(kv(
+            "tok/round",
+            format!(
+                "{:.2}",
+                if rounds > 0 {
+                    tok as f64 / rounds as f64
+                } else {
+                    0.0
+                }
+            ),
+        ));
+        lines.push(kv("prefill", format!("{:.1} s", st.prefill_s)));
+        lines.push(kv("1st token", format!("{:.2} s", st.ttft_s)));
+    }
+    lines.push(kv("speed-up", speedup(app)));
+    lines.push(head("session"));
+    let done: Vec<&Entry> = app.entries.iter().filter(|e| e.stats.is_some()).collect();
+    let (mut tokens, mut secs, mut drafted, mut accepted) = (0usize, 0f64, 0usize, 0usize);
+    for e in &done {
+        if let Some(s) = &e.stats {
+            tokens += s.generated_tokens;
+            secs += s.decode_s;
+            drafted += s.drafted;
+            accepted += s.accepted;
+        }
+    }
+    lines.push(kv("answers", done.len().to_string()));
+    lines.push(kv(
+        "tok/s",
+        format!(
+            "{:.1}",
+            if secs > 0.0 {
+                tokens as f64 / secs
+            } else {
+                0.0
+            }
+        ),
+    ));
+    lines.push(kv("accepted", format!("{:.0}%", pct(accepted, drafted))));
+    let used = (lines.len() as u16).min(inner.height);
+    let [text, spark] = split_v(inner, [Constraint::Length(used), Constraint::Min(0)]);
+    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), text);
+    if spark.height >= 2
+        && let Some(e) = last
+    {
+        let w = spark.width as usize;
+        let data: Vec<u64> = e.rounds.iter().rev().take(w).rev().copied().collect();
+        let [l, g] = split_v(spark, [Constraint::Length(1), Constraint::Min(1)]);
+        f.render_widget(Paragraph::new(Line::styled("accepted per round", label)), l);
+        f.render_widget(
+            Sparkline::default()
+                .data(&data)
+                .style(Style::default().fg(theme.palette.accepted)),
+            g,
+        );
+    }
+}
+
+/// `text` cut to `width` columns with an ellipsis.
+fn fit(text: &str, width: usize) -> String {
+    if unicode_width::UnicodeWidthStr::width(text) <= width {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut w = 0;
+    for c in text.chars() {
+        let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if w + cw + 1 > width {
+            break;
+        }
+        out.push(c);
+        w += cw;
+    }
+    out.push('…');
+    out
+}
+
+/// Tokens, drafted, accepted and rounds of an answer so far, from its tokens and rounds.
+fn live_stats(e: &Entry) -> (usize, usize, usize, usize) {
+    if let Some(s) = &e.stats {
+        return (s.generated_tokens, s.drafted, s.accepted, s.rounds);
+    }
+    let accepted = e
+        .tokens
+        .iter()
+        .filter(|t| t.kind == TokenKind::Accepted)
+        .count();
+    let corrected = e
+        .tokens
+        .iter()
+        .filter(|t| t.kind == TokenKind::Corrected)
+        .count();
+    (
+        e.tokens.len(),
+        accepted + corrected,
+        accepted,
+        e.rounds.len(),
+    )
+}
+
+fn pct(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        100.0 * a as f64 / b as f64
+    }
+}
+
+/// The last answer's speed over target-only decoding: measured against the session's AR answers
+/// when there are some, else estimated from the measured cost of single target steps (rounds
+/// without drafts), labelled which.
+fn speedup(app: &App) -> String {
+    let Some(s) = app
+        .entries
+        .last()
+        .and_then(|e| e.stats.as_ref().filter(|_| e.mode != Mode::Ar))
+    else {
+        return "—".into();
+    };
+    let ar: Vec<f64> = app
+        .entries
+        .iter()
+        .filter(|e| e.mode == Mode::Ar)
+        .filter_map(|e| e.stats.as_ref())
+        .map(|s| s.decode_tok_s)
+        .filter(|v| *v > 0.0)
+        .collect();
+    if !ar.is_empty() {
+        let base = ar.iter().sum::<f64>() / ar.len() as f64;
+        return format!("{:.2}x measured", s.decode_tok_s / base);
+    }
+    if s.rounds > 0 && s.drafted == 0 && s.decode_s > 0.0 {
+        return "1.00x (no drafts)".into();
+    }
+    "run /mode ar once".into()
+}
+
+fn draw_status(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    if let Some((done, total)) = app.index.progress {
+        let ratio = if total == 0 {
+            0.0
+        } else {
+            done as f64 / total as f64
+        };
+        let gauge = Gauge::default()
+            .gauge_style(Style::default().fg(theme.accent))
+            .ratio(ratio.clamp(0.0, 1.0))
+            .label(format!("indexing {done}/{total} files"));
+        f.render_widget(gauge, area);
+        return;
+    }
+    let mut spans = Vec::new();
+    if app.colors {
+        let p = &theme.palette;
+        spans.push(Span::styled(
+            "accepted ",
+            markdown::kind_style(TokenKind::Accepted, Some(p)),
+        ));
+        spans.push(Span::styled(
+            "corrected",
+            markdown::kind_style(TokenKind::Corrected, Some(p)),
+        ));
+        spans.push(Span::raw(" "));
+        spans.push(Span::styled(
+            "bonus ",
+            markdown::kind_style(TokenKind::Bonus, Some(p)),
+        ));
+        spans.push(Span::raw("target │ "));
+    }
+    let message = app
+        .notice
+        .clone()
+        .or_else(|| app.engine_error.as_ref().map(|e| format!("model: {e}")))
+        .or_else(|| app.index.last_change.clone())
+        .unwrap_or_default();
+    if !message.is_empty() {
+        spans.push(Span::styled(
+            format!("{message} │ "),
+            Style::default().fg(Color::DarkGray),
+        ));
+    }
+    let help = app
+        .keymap
+        .keys_for(Action::Help)
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    spans.push(Span::styled(
+        format!("?/{help} help"),
+        Style::default().fg(Color::DarkGray),
+    ));
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn popup(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+fn draw_help(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let mut lines: Vec<Line> = app
+        .keymap
+        .help()
+        .into_iter()
+        .map(|(keys, what)| {
+            Line::from(vec![
+                Span::styled(format!("{keys:<22}"), Style::default().fg(theme.accent)),
+                Span::raw(what),
+            ])
+        })
+        .collect();
+    lines.push(Line::default());
+    for (cmd, what) in [
+        ("/mode rapid|ar|sd|rag", "decoding mode"),
+        (
+            "/gamma N  /eta X  /temp X",
+            "draft length, transfer, temperature",
+        ),
+        ("/sources", "show/hide sources"),
+        ("/clear", "forget the conversation"),
+        ("/save [FILE]", "save as Markdown with sources"),
+    ] {
+        lines.push(Line::from(vec![
+            Span::styled(format!("{cmd:<26}"), Style::default().fg(theme.accent)),
+            Span::raw(what),
+        ]));
+    }
+    let r = popup(area, 78, lines.len() as u16 + 2);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines)
+            .block(block("keys (any key closes)", theme, true))
+            .wrap(Wrap { trim: false }),
+        r,
+    );
+}
+
+fn draw_source_text(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let Some(s) = app.current_sources().get(app.selected_source) else {
+        return;
+    };
+    let r = popup(
+        area,
+        area.width.saturating_sub(6),
+        area.height.saturating_sub(4),
+    );
+    let page = s.page.map(|p| format!(" p.{p}")).unwrap_or_default();
+    let title = format!("{}{page} [{}..{}]", s.path, s.start, s.end);
+    f.render_widget(Clear, r);
+    let text = if s.text.is_empty() {
+        "(text not kept for answers from earlier sessions)".to_owned()
+    } else {
+        s.text.clone()
+    };
+    f.render_widget(
+        Paragraph::new(text)
+            .block(block(&title, theme, true))
+            .wrap(Wrap { trim: false }),
+        r,
+    );
+}

@@ -1,0 +1,255 @@
+//! Rendering snapshots of the terminal UI (ratatui TestBackend + insta). These are pure UI tests:
+//! the engine's replies are made by hand here, as the UI receives them.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use rapid_chat::config::{Config, EngineConfig};
+use rapid_chat::session::worker::{EngineInfo, Reply};
+use rapid_chat::session::{Source, TurnSettings, View};
+use rapid_chat::spec::{Event, GenToken, Stats, TokenKind};
+use rapid_chat::tui::app::{App, AppEvent};
+use rapid_chat::tui::keymap::Keymap;
+use rapid_chat::tui::ui::{self, Theme};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::{Color, Modifier};
+
+fn app() -> App {
+    let settings = TurnSettings::from_config(&EngineConfig::default()).unwrap();
+    App::new(
+        "/home/me/papers".into(),
+        Keymap::default(),
+        settings,
+        Vec::new(),
+    )
+}
+
+fn loaded(app: &mut App) {
+    app.handle(AppEvent::Engine(Reply::Loaded(EngineInfo {
+        target: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+        drafter: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+        self_speculation: true,
+        gpu: false,
+        gpu_layers: -1,
+        threads: 2,
+        target_ctx: 8192,
+        draft_ctx: 6144,
+    })));
+}
+
+fn draw(app: &App, w: u16, h: u16) -> Terminal<TestBackend> {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    let theme = Theme::from_config(&Config::default().tui);
+    terminal.draw(|f| ui::draw(f, app, &theme)).unwrap();
+    terminal
+}
+
+fn type_and_send(app: &mut App, text: &str) {
+    for c in text.chars() {
+        app.handle(AppEvent::Key(KeyEvent::new(
+            KeyCode::Char(c),
+            KeyModifiers::NONE,
+        )));
+    }
+    app.handle(AppEvent::Key(KeyEvent::new(
+        KeyCode::Enter,
+        KeyModifiers::NONE,
+    )));
+}
+
+fn token(text: &str, kind: TokenKind) -> AppEvent {
+    AppEvent::Engine(Reply::Event(Event::Token(GenToken {
+        id: 0,
+        text: text.into(),
+        kind,
+        margin: 1.0,
+    })))
+}
+
+#[test]
+fn first_start() {
+    let mut app = app();
+    insta::assert_snapshot!(draw(&app, 100, 24).backend());
+    loaded(&mut app);
+    insta::assert_snapshot!("first_start_loaded", draw(&app, 100, 24).backend());
+}
+
+#[test]
+fn indexing_in_progress() {
+    let mut app = app();
+    loaded(&mut app);
+    app.handle(AppEvent::IndexProgress {
+        done: 12,
+        total: 40,
+    });
+    insta::assert_snapshot!(draw(&app, 100, 24).backend());
+}
+
+fn streaming_app() -> App {
+    let mut app = app();
+    loaded(&mut app);
+    type_and_send(&mut app, "On which port does llama-server listen?");
+    app.handle(AppEvent::Engine(Reply::Started {
+        sources: vec![Source {
+            path: "llama-server.md".into(),
+            page: None,
+            score: 15.4,
+            start: 21796,
+            end: 23109,
+            text: "`--port PORT` port to listen (default: 8080)".into(),
+        }],
+        view: View {
+            chunks_in_view: 12,
+            chunks_total: 161,
+            doc_tokens_in_view: 4000,
+            doc_tokens_total: 65879,
+        },
+    }));
+    app.handle(AppEvent::Engine(Reply::Event(Event::Prefill {
+        done: 4000,
+        total: 4000,
+    })));
+    for (text, kind) in [
+        ("It", TokenKind::Target),
+        (" listens", TokenKind::Accepted),
+        (" on", TokenKind::Accepted),
+        (" port", TokenKind::Accepted),
+        (" **8080**", TokenKind::Bonus),
+        (" by", TokenKind::Corrected),
+        (" default", TokenKind::Accepted),
+        (".", TokenKind::Accepted),
+    ] {
+        app.handle(token(text, kind));
+    }
+    for accepted in [3, 0, 2] {
+        app.handle(AppEvent::Engine(Reply::Event(Event::Round {
+            drafted: 4,
+            accepted,
+            t_draft: std::time::Duration::from_millis(30),
+            t_verify: std::time::Duration::from_millis(70),
+        })));
+    }
+    app
+}
+
+#[test]
+fn an_answer_streaming_with_all_three_token_kinds() {
+    let app = streaming_app();
+    let terminal = draw(&app, 100, 24);
+    insta::assert_snapshot!(terminal.backend());
+    // Colours are not in the text snapshot: check the kinds' styles on the cells.
+    let buf = terminal.backend().buffer();
+    let find = |needle: &str| {
+        let area = buf.area;
+        for y in 0..area.height {
+            let row: String = (0..area.width)
+                .map(|x| buf[(x, y)].symbol().to_string())
+                .collect();
+            if let Some(col) = row.find(needle) {
+                let x = row[..col].chars().count() as u16;
+                return buf[(x, y)].clone();
+            }
+        }
+        panic!("{needle} not on screen");
+    };
+    assert_eq!(find("listens").fg, Color::Green);
+    assert!(
+        find("by default").modifier.contains(Modifier::UNDERLINED),
+        "corrections are underlined"
+    );
+    assert_eq!(find("by default").fg, Color::Red);
+    let bonus = find("8080");
+    assert_eq!(bonus.fg, Color::Cyan);
+    assert!(
+        bonus.modifier.contains(Modifier::ITALIC) && bonus.modifier.contains(Modifier::BOLD),
+        "bonus italic, Markdown bold"
+    );
+
+    // Colouring off: plain text, corrections no longer marked.
+    let mut plain = streaming_app();
+    plain.handle(AppEvent::Key(KeyEvent::new(
+        KeyCode::Char('t'),
+        KeyModifiers::CONTROL,
+    )));
+    let terminal = draw(&plain, 100, 24);
+    let buf = terminal.backend().buffer();
+    assert!(buf.content().iter().all(|c| c.fg != Color::Red));
+}
+
+#[test]
+fn the_sources_pane_and_a_finished_answer() {
+    let mut app = streaming_app();
+    let stats = Stats {
+        generated_tokens: 8,
+        drafted: 12,
+        accepted: 6,
+        acceptance_rate: 0.5,
+        mean_accepted_len: 2.67,
+        rounds: 3,
+        prefill_tokens: 4000,
+        prefill_s: 21.5,
+        ttft_s: 21.6,
+        decode_s: 0.2,
+        decode_tok_s: 40.0,
+        target_ctx_tokens: 4100,
+        draft_ctx_tokens: 1100,
+        ..Stats::default()
+    };
+    app.handle(AppEvent::Engine(Reply::Event(Event::Done(stats.clone()))));
+    let mut answer_tokens = app.entries[0].tokens.clone();
+    answer_tokens.truncate(8);
+    app.handle(AppEvent::Engine(Reply::Finished(Box::new(
+        rapid_chat::session::Answer {
+            mode: rapid_chat::spec::Mode::Rapid,
+            output: rapid_chat::spec::decode::Output {
+                text: String::new(),
+                tokens: answer_tokens,
+                end_margin: None,
+                stats,
+            },
+            sources: vec![],
+            view: View::default(),
+        },
+    ))));
+    app.handle(AppEvent::Key(KeyEvent::new(
+        KeyCode::F(2),
+        KeyModifiers::NONE,
+    )));
+    insta::assert_snapshot!(draw(&app, 100, 30).backend());
+}
+
+#[test]
+fn the_help_popup() {
+    let mut app = app();
+    loaded(&mut app);
+    app.handle(AppEvent::Key(KeyEvent::new(
+        KeyCode::F(1),
+        KeyModifiers::NONE,
+    )));
+    insta::assert_snapshot!(draw(&app, 100, 30).backend());
+}
+
+#[test]
+fn an_error() {
+    let mut app = app();
+    loaded(&mut app);
+    type_and_send(&mut app, "What does section 7 say?");
+    app.handle(AppEvent::Engine(Reply::Failed(
+        "the context is full (8192 tokens): ask a shorter question".into(),
+    )));
+    app.handle(AppEvent::Engine(Reply::LoadFailed("unused".into())));
+    insta::assert_snapshot!(draw(&app, 100, 24).backend());
+}
+
+#[test]
+fn an_80_by_24_terminal() {
+    let app = streaming_app();
+    insta::assert_snapshot!(draw(&app, 80, 24).backend());
+}
+
+#[test]
+fn tiny_terminals_do_not_panic() {
+    let app = streaming_app();
+    for (w, h) in [(1, 1), (10, 3), (30, 8), (60, 10)] {
+        draw(&app, w, h);
+    }
+}
