@@ -248,25 +248,8 @@ impl CorpusIndex {
                 from = r.end;
             }
             marked.push_str(&snippet.fragment()[from..]);
-            let u = |f: Field| doc.get_first(f).and_then(|v| v.as_u64()).unwrap_or(0);
-            let s = |f: Field| {
-                doc.get_first(f)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let page = u(self.fields.page);
-            hits.push(Hit {
-                path: s(self.fields.path),
-                page: (page > 0).then(|| u32::try_from(page).unwrap_or(u32::MAX)),
-                start: usize::try_from(u(self.fields.start)).unwrap_or(usize::MAX),
-                end: usize::try_from(u(self.fields.end)).unwrap_or(usize::MAX),
-                score,
-                snippet: marked.split_whitespace().collect::<Vec<_>>().join(" "),
-                order: usize::try_from(u(self.fields.order)).unwrap_or(usize::MAX),
-                tokens: usize::try_from(u(self.fields.tokens)).unwrap_or(usize::MAX),
-                text: s(self.fields.text),
-            });
+            let snippet = marked.split_whitespace().collect::<Vec<_>>().join(" ");
+            hits.push(self.hit(&doc, score, snippet));
         }
         Ok(hits)
     }

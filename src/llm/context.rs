@@ -221,6 +221,9 @@ impl Context {
         }
         let started = Instant::now();
         let result = self.ctx.decode(&mut self.batch);
+        // On a GPU decode returns before the work is done: wait here, so that the time is
+        // counted as llama.cpp's and not as ours (the logits are read right after anyway).
+        self.ctx.synchronize();
         self.busy += started.elapsed();
         if let Err(e) = result {
             // A failed decode may leave part of the batch in the cache: drop it.

@@ -166,22 +166,14 @@ impl Engine {
             Mode::Rag => {
                 decode::generate(model, &mut self.drafter, &prompts.draft, None, params, sink)?
             }
-            Mode::Rapid => {
-                let drafter = Drafter {
-                    ctx: &mut self.drafter,
-                    prompt: &prompts.draft,
+            Mode::Rapid | Mode::Sd => {
+                // Vanilla SD's drafter reads the target's own prompt.
+                let draft_prompt = if settings.mode == Mode::Sd {
+                    &prompts.target
+                } else {
+                    &prompts.draft
                 };
-                decode::generate(
-                    model,
-                    &mut self.target,
-                    &prompts.target,
-                    Some(drafter),
-                    params,
-                    sink,
-                )?
-            }
-            Mode::Sd => {
-                if self.models.same {
+                if settings.mode == Mode::Sd && self.models.same {
                     // Self-speculation over the same prompt: prefill once, copy the cache.
                     let p = &prompts.target;
                     let mut progress = |done: usize, total: usize| {
@@ -196,7 +188,7 @@ impl Engine {
                 }
                 let drafter = Drafter {
                     ctx: &mut self.drafter,
-                    prompt: &prompts.target,
+                    prompt: draft_prompt,
                 };
                 decode::generate(
                     model,

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::sampling::{
-    accept, argmax_margin, residual, sample, softmax, target_distribution, top_p,
+    accept, argmax_margin, max_prob, residual, sample, softmax, target_distribution, top_p,
 };
 use super::{Event, Flow, GenToken, Stats, TokenKind};
 use crate::llm::Context;
@@ -296,8 +296,17 @@ fn draft(
     let mut qs = Vec::with_capacity(max + 1);
     loop {
         let z = ctx.logits(0);
-        let mut q = softmax(z, params.temp);
-        let confidence = q.iter().copied().fold(0.0f32, f32::max);
+        // The full distribution only where acceptance needs it (sampling, transfer).
+        let mut q = if need_q {
+            softmax(z, params.temp)
+        } else {
+            Vec::new()
+        };
+        let confidence = if need_q {
+            q.iter().copied().fold(0.0f32, f32::max)
+        } else {
+            max_prob(z)
+        };
         if params.greedy() && drafts.len() == max {
             // The distribution after the last draft serves the bonus token's transfer.
             if need_q {
@@ -319,11 +328,7 @@ fn draft(
             index_token(sample(&q, rng.random()))
         };
         drafts.push(d);
-        if need_q {
-            qs.push(q);
-        } else {
-            qs.push(Vec::new());
-        }
+        qs.push(q);
         // The last draft is decoded only when its successor's distribution is needed.
         if drafts.len() < max || need_q {
             ctx.decode_last(&[d])?;

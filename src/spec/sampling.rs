@@ -34,6 +34,19 @@ pub fn softmax(logits: &[f32], temp: f32) -> Vec<f32> {
     out
 }
 
+/// The largest probability of softmax(z), cheaply: tokens more than 30 logits below the top add
+/// under e^-30 each to the normalizer, so their exponentials are skipped.
+pub fn max_prob(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let floor = max - 30.0;
+    let sum: f32 = logits
+        .iter()
+        .filter(|&&z| z > floor)
+        .map(|&z| (z - max).exp())
+        .sum();
+    1.0 / sum
+}
+
 /// Keeps the smallest set of most likely tokens whose mass reaches `top_p`, renormalized.
 pub fn top_p(probs: &mut [f32], top_p: f32) {
     if top_p >= 1.0 {
@@ -223,6 +236,9 @@ mod tests {
     #[test]
     fn argmax_margin_top_p_and_sample_basics() {
         assert_eq!(argmax_margin(&[0.1, 3.0, 2.5]), (1, 0.5));
+        let z = [1.0f32, 3.0, 2.5, -40.0, 0.0];
+        let exact = softmax(&z, 1.0).into_iter().fold(0.0f32, f32::max);
+        assert!((max_prob(&z) - exact).abs() < 1e-6);
         let mut p = vec![0.5, 0.3, 0.15, 0.05];
         top_p(&mut p, 0.8);
         assert_eq!(p[2], 0.0);
