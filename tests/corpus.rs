@@ -473,6 +473,15 @@ fn a_format_or_settings_change_rebuilds_the_index() {
     std::fs::write(&manifest, text.replacen("\"format\":1", "\"format\":0", 1)).unwrap();
     let mut ix = sb.indexer_with(&config).unwrap();
     assert_eq!(ix.update(&mut |_| {}).unwrap().files_indexed, 3);
+    drop(ix);
+
+    // An index folder that is gone (or unreadable) is rebuilt, and its files indexed again:
+    // the manifest of the lost index must not claim they are there.
+    std::fs::remove_dir_all(dir.join("tantivy")).unwrap();
+    let mut ix = sb.indexer_with(&config).unwrap();
+    let report = ix.update(&mut |_| {}).unwrap();
+    assert_eq!(report.files_indexed, 3, "{report:?}");
+    assert!(ix.reader().unwrap().num_chunks() > 50);
 }
 
 #[test]

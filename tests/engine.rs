@@ -230,6 +230,38 @@ fn events_stream_every_token_and_cancel_stops_the_answer() {
 }
 
 #[test]
+fn cancel_during_prefill_stops_before_any_token() {
+    let mut engine = engine();
+    let q = "What does the GPL say about patents and patent licenses?";
+    let mut prefill_events = 0;
+    let answer = engine
+        .answer(demo_index(), q, &[], &settings(Mode::Rapid, 4), &mut |e| {
+            if matches!(e, Event::Prefill { .. }) {
+                prefill_events += 1;
+                return Flow::Cancel;
+            }
+            Flow::Continue
+        })
+        .unwrap();
+    let s = &answer.output.stats;
+    assert!(s.cancelled);
+    assert_eq!(prefill_events, 1, "stopped at the first prefill piece");
+    assert!(answer.output.tokens.is_empty());
+    assert!(
+        s.prefill_tokens <= 512,
+        "{} tokens decoded after cancel",
+        s.prefill_tokens
+    );
+    // The next answer to the same question starts from the partial cache and completes.
+    let again = engine
+        .answer(demo_index(), q, &[], &settings(Mode::Rapid, 4), &mut |_| {
+            Flow::Continue
+        })
+        .unwrap();
+    assert!(!again.output.stats.cancelled && !again.output.tokens.is_empty());
+}
+
+#[test]
 fn a_question_longer_than_the_context_and_an_empty_corpus_are_clear_errors() {
     let mut engine = engine();
     let long = "Explain the licence terms again and again. ".repeat(600);

@@ -325,8 +325,8 @@ impl Indexer {
         let manifest = Manifest::load(&dir.join("manifest.json"))
             .filter(|m| m.compatible(&fingerprint, corpus.chunk_tokens));
         let (schema, fields) = schema();
-        let index = match (&manifest, Index::open_in_dir(&tantivy_dir)) {
-            (Some(_), Ok(index)) if index.schema() == schema => index,
+        let (index, manifest) = match (manifest, Index::open_in_dir(&tantivy_dir)) {
+            (Some(manifest), Ok(index)) if index.schema() == schema => (index, manifest),
             _ => {
                 tracing::info!(folder = %root.display(), "building a new index");
                 if tantivy_dir.exists() {
@@ -343,11 +343,12 @@ impl Indexer {
                     format!("cannot create the index folder {}", tantivy_dir.display())
                 })?;
                 std::fs::write(dir.join("folder.txt"), root.to_string_lossy().as_bytes())?;
-                Index::create_in_dir(&tantivy_dir, schema)?
+                // A new index holds nothing: so does its manifest, whatever the old one said.
+                let index = Index::create_in_dir(&tantivy_dir, schema)?;
+                (index, Manifest::new(&fingerprint, corpus.chunk_tokens))
             }
         };
         register_analyzer(&index);
-        let manifest = manifest.unwrap_or_else(|| Manifest::new(&fingerprint, corpus.chunk_tokens));
         let writer = index.writer(64 << 20).map_err(|e| match e {
             tantivy::TantivyError::LockFailure(..) => anyhow::anyhow!(held_message(&root)),
             other => anyhow::Error::new(other).context("cannot open the index for writing"),
@@ -421,10 +422,11 @@ impl Indexer {
                 Ok(()) => {}
                 Err(reason) => {
                     tracing::warn!(path = %rel, reason = %reason, "skipped");
-                    // Stale chunks of a file that can no longer be read would answer for it.
+                    // Stale chunks of a file that can no longer be read would answer for it,
+                    // and so would the part of a file whose chunks could not all be added.
+                    self.writer
+                        .delete_term(Term::from_field_text(self.fields.path, rel));
                     if self.manifest.files.remove(rel).is_some() {
-                        self.writer
-                            .delete_term(Term::from_field_text(self.fields.path, rel));
                         report.removed.push(rel.clone());
                     }
                     skipped.push(Skipped {

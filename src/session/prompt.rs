@@ -92,14 +92,26 @@ pub fn build(
     if all.is_empty() {
         bail!("no documents are indexed in this folder: add PDF, Markdown or text files to it");
     }
-    let frame = Frame::new(model, &question, history)?;
+    // Long conversations are trimmed, oldest turns first, so that the conversation takes at most
+    // half of the drafter's context (the smaller one): the documents keep their room.
+    let limit = budgets.draft_ctx.min(budgets.target_ctx) / 2;
+    let mut first = 0;
+    let mut frame = Frame::new(model, &question, history)?;
+    while first < history.len() && frame.fixed_tokens() + budgets.max_tokens > limit {
+        first += 1;
+        frame = Frame::new(model, &question, &history[first..])?;
+    }
+    if first > 0 {
+        tracing::info!(dropped = first, "oldest turns left out of the prompt");
+    }
+    let history = &history[first..];
     let fixed = frame.fixed_tokens();
     let room = |ctx: usize| ctx.checked_sub(fixed + budgets.max_tokens + 1);
     let Some(target_room) = room(budgets.target_ctx) else {
         bail!(
             "the question and conversation take {fixed} tokens, which with room for a {}-token \
              answer do not fit the target context of {} tokens: shorten the question, lower \
-             --max-tokens or raise --ctx",
+             --max-tokens, raise --ctx, or /clear the conversation",
             budgets.max_tokens,
             budgets.target_ctx
         );

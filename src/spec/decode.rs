@@ -70,28 +70,41 @@ pub fn generate(
     let mut stats = Stats::default();
     let mut cancelled = false;
 
-    // Prefill both contexts (reusing what their caches already hold).
-    let draft_todo = drafter
+    // A drafter whose context cannot hold its prompt and a draft sits this answer out (the
+    // target still answers, one token per round).
+    if drafter
         .as_ref()
-        .map_or(0, |d| d.prompt.len().saturating_sub(d.ctx.tokens().len()));
-    let total = prompt.len().saturating_sub(target.tokens().len()) + draft_todo;
+        .is_some_and(|d| d.prompt.len() + 1 >= d.ctx.n_ctx())
+    {
+        tracing::warn!("the drafter's prompt fills its context: decoding without drafts");
+        drafter = None;
+    }
+
+    // Prefill both contexts (reusing what their caches already hold).
+    let todo = |ctx: &Context, p: &[LlamaToken]| {
+        let head = &p[..p.len() - 1];
+        head.len() - crate::llm::context::common_prefix(ctx.tokens(), head)
+    };
+    let total = todo(target, prompt) + drafter.as_ref().map_or(0, |d| todo(d.ctx, d.prompt));
     let done_before = std::cell::Cell::new(0);
+    let stopped = std::cell::Cell::new(false);
     let mut prefill_progress = |done: usize, _: usize| {
         let flow = sink(Event::Prefill {
             done: done_before.get() + done,
             total,
         });
-        cancelled |= flow == Flow::Cancel;
-        !cancelled
+        stopped.set(stopped.get() || flow == Flow::Cancel);
+        !stopped.get()
     };
     let n = target.prefill(&prompt[..prompt.len() - 1], &mut prefill_progress)?;
     done_before.set(n);
     stats.prefill_tokens += n;
-    if let Some(d) = drafter.as_mut() {
+    if let Some(d) = drafter.as_mut().filter(|_| !stopped.get()) {
         stats.prefill_tokens += d
             .ctx
             .prefill(&d.prompt[..d.prompt.len() - 1], &mut prefill_progress)?;
     }
+    cancelled |= stopped.get();
     stats.prefill_s = started.elapsed().as_secs_f64();
     let decode_started = Instant::now();
     let busy_before = target.busy() + drafter.as_ref().map_or(Duration::ZERO, |d| d.ctx.busy());
@@ -114,14 +127,17 @@ pub fn generate(
         let t0 = Instant::now();
         let left = params.max_tokens - generated.len();
         let (drafts, qs) = match drafter.as_mut() {
-            Some(d) if params.gamma > 0 && left > 1 => draft(
-                d.ctx,
-                &draft_seq,
-                params,
-                params.gamma.min(left - 1),
-                &mut rng,
-            )?,
-            _ => (Vec::new(), Vec::new()),
+            Some(d) => {
+                // Room for the drafts (and the decode of the last one) in the drafter's context.
+                let room = d.ctx.n_ctx().saturating_sub(draft_seq.len() + 1);
+                let max = params.gamma.min(left - 1).min(room);
+                if max > 0 {
+                    draft(d.ctx, &draft_seq, params, max, &mut rng)?
+                } else {
+                    (Vec::new(), Vec::new())
+                }
+            }
+            None => (Vec::new(), Vec::new()),
         };
         let t_draft = t0.elapsed();
 
@@ -218,6 +234,8 @@ pub fn generate(
             out_tokens.push(g.clone());
             if sink(Event::Token(g)) == Flow::Cancel {
                 cancelled = true;
+                stop = true;
+                break;
             }
         }
         let drafted = if stop {

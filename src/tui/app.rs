@@ -274,6 +274,11 @@ impl App {
                 vec![]
             }
             Reply::LoadFailed(e) => {
+                // A question sent while the model was loading will get no answer.
+                if let Some(last) = self.streaming() {
+                    last.status = AnswerStatus::Failed(e.clone());
+                }
+                self.turn = TurnState::Idle;
                 self.engine_error = Some(e);
                 vec![]
             }
@@ -919,6 +924,23 @@ mod tests {
                 .is_some_and(|n| n.contains("not a GGUF"))
         );
         assert!(app.entries.is_empty());
+    }
+
+    #[test]
+    fn an_engine_that_dies_mid_answer_fails_the_turn_instead_of_hanging() {
+        let mut app = app();
+        ask(&mut app, "q");
+        app.handle(token("par", TokenKind::Target));
+        app.handle(AppEvent::Engine(Reply::LoadFailed(
+            "the engine stopped unexpectedly".into(),
+        )));
+        assert_eq!(app.turn, TurnState::Idle);
+        assert!(matches!(&app.entries[0].status, AnswerStatus::Failed(e) if e.contains("stopped")));
+        assert!(
+            ask(&mut app, "again").is_empty(),
+            "no engine: refused with a reason"
+        );
+        assert!(app.notice.is_some());
     }
 
     #[test]

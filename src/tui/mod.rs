@@ -192,18 +192,28 @@ type Term = Terminal<CrosstermBackend<std::io::Stdout>>;
 fn setup_terminal() -> Result<Term> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        restore_terminal();
-        hook(info);
+        if std::thread::current().name() == Some("main") {
+            // The UI itself: give the terminal back, then report as usual.
+            restore_terminal();
+            hook(info);
+        } else {
+            // A worker thread: printing would draw over the UI; its channel closing tells the
+            // UI, which says so on screen.
+            tracing::error!(panic = %info, "a background thread panicked");
+        }
     }));
-    terminal::enable_raw_mode()
-        .context("cannot put the terminal in raw mode (is this a terminal?)")?;
-    execute!(
-        std::io::stdout(),
-        terminal::EnterAlternateScreen,
-        cevent::EnableMouseCapture,
-        cevent::EnableBracketedPaste
-    )?;
-    Ok(Terminal::new(CrosstermBackend::new(std::io::stdout()))?)
+    let setup = || -> Result<Term> {
+        terminal::enable_raw_mode()
+            .context("cannot put the terminal in raw mode (is this a terminal?)")?;
+        execute!(
+            std::io::stdout(),
+            terminal::EnterAlternateScreen,
+            cevent::EnableMouseCapture,
+            cevent::EnableBracketedPaste
+        )?;
+        Ok(Terminal::new(CrosstermBackend::new(std::io::stdout()))?)
+    };
+    setup().inspect_err(|_| restore_terminal())
 }
 
 /// Leaves the terminal as it was: safe to call more than once.
@@ -255,11 +265,25 @@ fn event_loop(
     let (input_tx, input_rx) = crossbeam_channel::unbounded();
     spawn_input(input_tx)?;
     let tick = crossbeam_channel::tick(Duration::from_millis(250));
+    // A channel whose sender is gone would wake the loop at once, forever: it is swapped for one
+    // that never fires.
+    let mut engine_rx = engine_rx.clone();
     loop {
         terminal.draw(|f| ui::draw(f, app, theme))?;
         let first = select! {
-            recv(input_rx) -> e => e.ok(),
-            recv(engine_rx) -> r => r.ok().map(AppEvent::Engine),
+            recv(input_rx) -> e => match e {
+                Ok(e) => Some(e),
+                Err(_) => return Err(anyhow::anyhow!("the terminal stopped sending input")),
+            },
+            recv(engine_rx) -> r => match r {
+                Ok(r) => Some(AppEvent::Engine(r)),
+                Err(_) => {
+                    engine_rx = crossbeam_channel::never();
+                    Some(AppEvent::Engine(crate::session::worker::Reply::LoadFailed(
+                        "the engine stopped unexpectedly (see the log file)".into(),
+                    )))
+                }
+            },
             recv(ui_rx) -> e => e.ok(),
             recv(tick) -> _ => None,
         };
