@@ -130,73 +130,78 @@ fn overlay_markdown(text: &str, styles: &mut [Style], hidden: &mut [bool]) {
     }
 }
 
-/// Wraps at word boundaries (hard-breaking words longer than the width), keeping styles.
+/// Wraps at word boundaries (hard-breaking words longer than the width), keeping styles; hidden
+/// bytes (Markdown markers) are left out.
 fn wrap_styled(text: &str, styles: &[Style], hidden: &[bool], width: usize) -> Vec<Line<'static>> {
-    let width = width.max(8);
-    let mut lines = Vec::new();
+    let mut w = Wrapper {
+        width: width.max(8),
+        ..Wrapper::default()
+    };
     let mut offset = 0;
     for raw in text.split('\n') {
-        let mut row: Vec<(char, Style)> = Vec::new();
-        let mut row_width = 0;
-        let mut word: Vec<(char, Style)> = Vec::new();
-        let mut word_width = 0;
-        let flush_word = |row: &mut Vec<(char, Style)>,
-                          row_width: &mut usize,
-                          word: &mut Vec<(char, Style)>,
-                          word_width: &mut usize,
-                          lines: &mut Vec<Line<'static>>| {
-            if *row_width + *word_width > width && *row_width > 0 {
-                lines.push(to_line(row));
-                row.clear();
-                *row_width = 0;
-                // A new line does not start with the space that ended the last.
-                while word.first().is_some_and(|(c, _)| *c == ' ') {
-                    *word_width -= 1;
-                    word.remove(0);
-                }
-            }
-            for &(c, s) in word.iter() {
-                let w = c.width().unwrap_or(0);
-                if *row_width + w > width {
-                    lines.push(to_line(row));
-                    row.clear();
-                    *row_width = 0;
-                }
-                row.push((c, s));
-                *row_width += w;
-            }
-            word.clear();
-            *word_width = 0;
-        };
         for (i, c) in raw.char_indices() {
             let c = if c == '\t' { ' ' } else { c };
             if c.is_control() || hidden.get(offset + i).copied().unwrap_or(false) {
                 continue;
             }
-            let style = styles.get(offset + i).copied().unwrap_or_default();
-            if c == ' ' && !word.is_empty() && word.last().is_some_and(|(p, _)| *p != ' ') {
-                flush_word(
-                    &mut row,
-                    &mut row_width,
-                    &mut word,
-                    &mut word_width,
-                    &mut lines,
-                );
-            }
-            word.push((c, style));
-            word_width += c.width().unwrap_or(0);
+            w.push(c, styles.get(offset + i).copied().unwrap_or_default());
         }
-        flush_word(
-            &mut row,
-            &mut row_width,
-            &mut word,
-            &mut word_width,
-            &mut lines,
-        );
-        lines.push(to_line(&row));
+        w.end_line();
         offset += raw.len() + 1;
     }
-    lines
+    w.lines
+}
+
+/// Lines being filled: the current row and the word being read.
+#[derive(Default)]
+struct Wrapper {
+    width: usize,
+    lines: Vec<Line<'static>>,
+    row: Vec<(char, Style)>,
+    row_width: usize,
+    word: Vec<(char, Style)>,
+    word_width: usize,
+}
+
+impl Wrapper {
+    fn push(&mut self, c: char, style: Style) {
+        // A space after a word ends it (the space starts the next word).
+        if c == ' ' && self.word.last().is_some_and(|(p, _)| *p != ' ') {
+            self.flush_word();
+        }
+        self.word.push((c, style));
+        self.word_width += c.width().unwrap_or(0);
+    }
+
+    fn flush_word(&mut self) {
+        if self.row_width + self.word_width > self.width && self.row_width > 0 {
+            self.break_row();
+            // A new line does not start with the space that ended the last.
+            let spaces = self.word.iter().take_while(|(c, _)| *c == ' ').count();
+            self.word.drain(..spaces);
+            self.word_width -= spaces;
+        }
+        for (c, s) in std::mem::take(&mut self.word) {
+            let cw = c.width().unwrap_or(0);
+            if self.row_width + cw > self.width {
+                self.break_row();
+            }
+            self.row.push((c, s));
+            self.row_width += cw;
+        }
+        self.word_width = 0;
+    }
+
+    fn break_row(&mut self) {
+        self.lines.push(to_line(&self.row));
+        self.row.clear();
+        self.row_width = 0;
+    }
+
+    fn end_line(&mut self) {
+        self.flush_word();
+        self.break_row();
+    }
 }
 
 fn to_line(row: &[(char, Style)]) -> Line<'static> {
