@@ -93,15 +93,16 @@ fn sidebar_number(screen: &str, label: &str) -> f64 {
 
 #[test]
 fn ask_cancel_and_quit_in_a_real_terminal() {
-    common::model_path();
+    let model = common::model_path();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[engine]\nctx = 2048\ndraft_ctx = 1024\nretrieval_budget = 512\nmax_tokens = 300\nthreads = 2\n").unwrap();
     let session = format!("rapid-e2e-{}", std::process::id());
     let command = format!(
-        "env RAPID_CHAT_CACHE_DIR={cache} RAPID_CHAT_CONFIG_DIR={cache} {exe} --config {config} --new {demo}; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; sleep 600",
+        "env RAPID_CHAT_CACHE_DIR={cache} RAPID_CHAT_CONFIG_DIR={cache} RAPID_CHAT_DATA_DIR={cache} {exe} --model {model} --config {config} --new {demo}; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; sleep 600",
         cache = dir.path().display(),
         exe = common::exe().display(),
+        model = model.display(),
         config = config.display(),
         demo = common::demo_dir().display(),
     );
