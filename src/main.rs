@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rapid_chat::config::Config;
+use rapid_chat::corpus::index::IndexHeld;
 use rapid_chat::corpus::{CorpusIndex, Indexer, Report};
 use rapid_chat::llm::{Tokenizer, fetch};
 use rapid_chat::paths::Dirs;
@@ -334,7 +335,7 @@ fn current_index(ctx: &Ctx, folder: &Path, quiet: bool) -> Result<CorpusIndex> {
             }
             indexer.reader()
         }
-        Err(e) if format!("{e:#}").contains("held by another") => {
+        Err(e) if IndexHeld::is(&e) => {
             eprintln!("note: {e:#}; using the index as it is");
             let root = rapid_chat::corpus::index::corpus_root(folder)?;
             CorpusIndex::open(&ctx.dirs.indexes(), &root)
@@ -412,24 +413,7 @@ fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
 }
 
 fn search_command(ctx: &Ctx, folder: &Path, query: &str, top: usize, json: bool) -> Result<()> {
-    let index = match ctx.indexer(folder) {
-        Ok(mut indexer) => {
-            let report = index_pass(&mut indexer)?;
-            if !report.indexed.is_empty() && !json {
-                eprintln!(
-                    "(indexed {} new or changed files first)",
-                    report.indexed.len()
-                );
-            }
-            indexer.reader()?
-        }
-        Err(e) if format!("{e:#}").contains("held by another") => {
-            eprintln!("note: {e:#}; searching the index as it is");
-            let root = rapid_chat::corpus::index::corpus_root(folder)?;
-            CorpusIndex::open(&ctx.dirs.indexes(), &root)?
-        }
-        Err(e) => return Err(e),
-    };
+    let index = current_index(ctx, folder, json)?;
     let hits = index.search(query, top)?;
     if json {
         println!("{}", serde_json::to_string(&hits)?);

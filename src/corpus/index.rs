@@ -333,7 +333,7 @@ impl Indexer {
                     // Another instance may be writing to it: never delete a locked index.
                     let lock = tantivy_dir.join(".tantivy-writer.lock");
                     if lock.exists() && try_lock(&lock)? {
-                        bail!(held_message(&root));
+                        return Err(IndexHeld(root).into());
                     }
                     std::fs::remove_dir_all(&tantivy_dir).with_context(|| {
                         format!("cannot remove the old index {}", tantivy_dir.display())
@@ -350,7 +350,7 @@ impl Indexer {
         };
         register_analyzer(&index);
         let writer = index.writer(64 << 20).map_err(|e| match e {
-            tantivy::TantivyError::LockFailure(..) => anyhow::anyhow!(held_message(&root)),
+            tantivy::TantivyError::LockFailure(..) => IndexHeld(root.clone()).into(),
             other => anyhow::Error::new(other).context("cannot open the index for writing"),
         })?;
         Ok(Self {
@@ -530,12 +530,21 @@ impl Indexer {
     }
 }
 
-fn held_message(root: &Path) -> String {
-    format!(
-        "the index of {} is held by another running rapid-chat: close it, or wait for it to \
-         finish indexing",
-        root.display()
-    )
+/// Another process (or another indexer in this one) is writing the folder's index. Callers
+/// that only need to read can fall back to [`CorpusIndex::open`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the index of {} is held by another running rapid-chat: close it, or wait for it to finish \
+     indexing",
+    .0.display()
+)]
+pub struct IndexHeld(pub PathBuf);
+
+impl IndexHeld {
+    /// Whether `e` is this error.
+    pub fn is(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<Self>().is_some()
+    }
 }
 
 /// Whether another process holds tantivy's writer lock file (an advisory lock).

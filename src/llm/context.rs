@@ -155,11 +155,6 @@ impl Context {
 
     /// Decodes `tokens` after the cache in one batch with logits at the last position only.
     pub fn decode_last(&mut self, tokens: &[LlamaToken]) -> Result<()> {
-        anyhow::ensure!(
-            tokens.len() <= self.n_batch,
-            "batch of {} tokens exceeds n_batch",
-            tokens.len()
-        );
         self.decode_inner(tokens, Logits::Last)
     }
 
@@ -187,15 +182,15 @@ impl Context {
     /// Decodes `tokens` after the cache in one batch, with logits at every position (for
     /// verification): [`Self::logits`]`(i)` is the distribution after `tokens[i]`.
     pub fn decode_all(&mut self, tokens: &[LlamaToken]) -> Result<()> {
+        self.decode_inner(tokens, Logits::All)
+    }
+
+    fn decode_inner(&mut self, tokens: &[LlamaToken], logits: Logits) -> Result<()> {
         anyhow::ensure!(
             tokens.len() <= self.n_batch,
             "batch of {} tokens exceeds n_batch",
             tokens.len()
         );
-        self.decode_inner(tokens, Logits::All)
-    }
-
-    fn decode_inner(&mut self, tokens: &[LlamaToken], logits: Logits) -> Result<()> {
         if self.tokens.len() + tokens.len() > self.n_ctx() {
             bail!(
                 "the context is full ({} tokens): ask a shorter question, use fewer tokens \

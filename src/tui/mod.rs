@@ -97,7 +97,7 @@ pub fn run(opts: Options) -> Result<()> {
             spawn_ingest(indexer, ui_tx.clone())?;
             reader
         }
-        Err(e) if format!("{e:#}").contains("held by another") => {
+        Err(e) if crate::corpus::index::IndexHeld::is(&e) => {
             read_only = Some(format!("{e:#}; read-only view"));
             CorpusIndex::open(&dirs.indexes(), &root)?
         }
