@@ -91,8 +91,15 @@ pub struct EngineConfig {
     pub draft_ctx: u32,
     /// Tokens of retrieved chunks the drafter sees.
     pub retrieval_budget: usize,
-    /// Largest number of tokens drafted per round.
+    /// Largest number of tokens the drafter model drafts per round.
     pub gamma: usize,
+    /// Draft from lookups in the documents and the answer too (rapid mode).
+    pub lookup: bool,
+    /// Largest lookup draft, in tokens.
+    pub lookup_max: usize,
+    /// Choose each round's draft (lookup, drafter, or none) and its length from measured costs
+    /// and acceptance (rapid mode); off: the paper's fixed γ.
+    pub adaptive: bool,
     /// Drafting stops early when the drafter's top probability falls below this.
     pub draft_confidence: f32,
     /// Knowledge-transfer strength (0 = plain speculative decoding).
@@ -105,6 +112,11 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Longest answer, in tokens.
     pub max_tokens: usize,
+    /// Save the target's state after reading the documents and restore it when the same
+    /// documents are opened again (the corpus KV cache, in the cache directory).
+    pub kv_cache: bool,
+    /// Size cap of the corpus KV cache in MiB; least recently used states go first.
+    pub kv_cache_max_mib: u64,
     /// Layers offloaded to the GPU when llama.cpp has one (-1 = all).
     pub gpu_layers: i32,
     /// CPU threads for llama.cpp (0 = the number of cores).
@@ -119,12 +131,17 @@ impl Default for EngineConfig {
             draft_ctx: 6144,
             retrieval_budget: 4096,
             gamma: 6,
+            lookup: true,
+            lookup_max: 16,
+            adaptive: true,
             draft_confidence: 0.3,
             eta: 0.0,
             temp: 0.0,
             top_p: 1.0,
             seed: 42,
             max_tokens: 256,
+            kv_cache: true,
+            kv_cache_max_mib: 4096,
             gpu_layers: -1,
             threads: 0,
         }
@@ -158,7 +175,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let c = &self.corpus;
         let e = &self.engine;
-        let checks: [(bool, &str); 10] = [
+        let checks: [(bool, &str); 11] = [
             (
                 c.chunk_tokens >= 16,
                 "corpus.chunk_tokens must be at least 16",
@@ -180,6 +197,10 @@ impl Config {
             (
                 e.gamma >= 1 && e.gamma <= 64,
                 "engine.gamma must be between 1 and 64",
+            ),
+            (
+                e.lookup_max >= 1 && e.lookup_max <= 64,
+                "engine.lookup_max must be between 1 and 64",
             ),
             (
                 e.eta >= 0.0 && e.eta.is_finite(),

@@ -2,11 +2,14 @@
 //! Retrieval-Augmented Speculative Decoding (RAPID). Data flows one way:
 //! files -> corpus -> index -> session -> spec engine -> events -> UI.
 
+pub mod bench;
 pub mod config;
 pub mod corpus;
+pub mod fuzzing;
 pub mod llm;
 pub mod logging;
 pub mod paths;
+pub mod safe_text;
 pub mod session;
 pub mod spec;
 pub mod tui;

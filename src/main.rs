@@ -78,6 +78,9 @@ enum Command {
     },
     /// Answer a question about a folder: the answer streams to stdout, statistics to stderr.
     Ask(AskArgs),
+    /// Measure: every question in every mode, interleaved, with speed-ups over AR measured in
+    /// the same run; a Markdown table (or JSON).
+    Bench(BenchArgs),
     /// Internal: extract a PDF's pages in a separate process (see corpus::extract).
     #[command(hide = true)]
     ExtractPdf { input: PathBuf, output: PathBuf },
@@ -88,6 +91,33 @@ struct AskArgs {
     folder: PathBuf,
     question: String,
     /// Print one JSON object (answer, tokens with kinds and margins, sources, stats).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Folder of documents the questions are about (not needed with --tasks).
+    folder: Option<PathBuf>,
+    /// JSON array of {"question", "answer"} (default: questions.json in FOLDER or its parent).
+    #[arg(long, value_name = "FILE")]
+    questions: Option<PathBuf>,
+    /// Modes to compare, comma-separated.
+    #[arg(long, default_value = "ar,rapid,sd,rag", value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Run everything this many times.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Generated retrieval tasks instead of a folder: passkey:N or kv:N (N tokens of text),
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Depths of the planted fact in generated tasks (0 = start, 1 = end).
+    #[arg(long, default_value = "0.1,0.3,0.5,0.7,0.9", value_delimiter = ',')]
+    depths: Vec<f64>,
+    /// Print JSON: a summary per mode and a record per run.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -164,7 +194,10 @@ fn main() {
         return;
     }
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!(
+            "error: {}",
+            rapid_chat::safe_text::neutralize(&format!("{e:#}"))
+        );
         std::process::exit(1);
     }
 }
@@ -236,6 +269,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
         }) => search_command(&ctx, &folder, &query, top, json),
         Some(Command::Ask(args)) => ask_command(ctx, &args),
+        Some(Command::Bench(args)) => bench_command(ctx, &args),
         Some(Command::ExtractPdf { .. }) => unreachable!("handled before logging starts"),
         None => {
             let folder = cli.folder.unwrap_or_else(|| PathBuf::from("."));
@@ -276,16 +310,21 @@ fn index_pass(indexer: &mut Indexer) -> Result<Report> {
     report
 }
 
+/// Untrusted text (file names, documents, model output) on one line, safe for a terminal.
+fn line(text: &str) -> std::borrow::Cow<'_, str> {
+    rapid_chat::safe_text::neutralize_line(text)
+}
+
 fn print_report(report: &Report, seconds: f64) {
     println!(
         "{} files indexed, {} unchanged, {} removed; {} chunks in the index ({seconds:.2} s)",
         report.files_indexed, report.files_unchanged, report.files_removed, report.chunks
     );
     for s in &report.files_skipped {
-        println!("  skipped {}: {}", s.path, s.reason);
+        println!("  skipped {}: {}", line(&s.path), line(&s.reason));
     }
     for w in &report.warnings {
-        println!("  note {}: {}", w.path, w.reason);
+        println!("  note {}: {}", line(&w.path), line(&w.reason));
     }
 }
 
@@ -315,7 +354,7 @@ fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()
         )?;
         eprintln!("Watching {} (Ctrl-C to stop)", folder.display());
         for event in rx {
-            println!("{event:?}");
+            println!("{}", line(&format!("{event:?}")));
             std::io::stdout().flush()?;
         }
     }
@@ -357,6 +396,10 @@ fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
         ctx.config.engine.gpu_layers,
     )?;
     let mut engine = Engine::new(models, &ctx.config.engine)?;
+    engine.set_kv_cache(rapid_chat::session::kv_cache(
+        &ctx.config.engine,
+        ctx.dirs.kv_cache(),
+    ));
     let settings = TurnSettings::from_config(&ctx.config.engine)?;
     let tty = std::io::stderr().is_terminal();
     let mut stdout = std::io::stdout();
@@ -370,7 +413,7 @@ fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
                 }
             }
             Event::Token(t) if !json => {
-                let _ = write!(stdout, "{}", t.text);
+                let _ = write!(stdout, "{}", rapid_chat::safe_text::neutralize(&t.text));
                 let _ = stdout.flush();
             }
             _ => {}
@@ -412,6 +455,140 @@ fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
+    use rapid_chat::bench::{self, Task};
+    use rapid_chat::session::{Engine, TurnSettings};
+    use rapid_chat::spec::Mode;
+    args.engine.apply(&mut ctx.config.engine);
+    ctx.config.validate()?;
+    let modes: Vec<Mode> = args
+        .modes
+        .iter()
+        .map(|m| m.trim().parse())
+        .collect::<Result<_>>()?;
+    anyhow::ensure!(!modes.is_empty(), "--modes: name at least one mode");
+    anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
+    let mut tasks: Vec<Task> = Vec::new();
+    if args.tasks.is_empty() {
+        let folder = args
+            .folder
+            .as_deref()
+            .context("name a FOLDER with questions (or generate tasks with --tasks passkey:N)")?;
+        let file = match &args.questions {
+            Some(f) => f.clone(),
+            None => [
+                folder.join("questions.json"),
+                folder.join("../questions.json"),
+            ]
+            .into_iter()
+            .find(|p| p.is_file())
+            .with_context(|| {
+                format!(
+                    "no questions.json in {} or its parent: pass --questions FILE",
+                    folder.display()
+                )
+            })?,
+        };
+        let index = current_index(&ctx, folder, true)?;
+        for (i, q) in bench::load_questions(&file)?.into_iter().enumerate() {
+            tasks.push(Task {
+                name: format!("q{}", i + 1),
+                index: index.clone(),
+                question: q,
+            });
+        }
+    } else {
+        let tokenizer = ctx.tokenizer()?;
+        let root = ctx.dirs.cache.join("bench");
+        for spec in &args.tasks {
+            let (kind, n) = bench::parse_task(spec)?;
+            for &depth in &args.depths {
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&depth),
+                    "--depths: {depth} is not in [0, 1]"
+                );
+                let folder = bench::task_folder(&root, kind, n, depth);
+                let seed = ctx.config.engine.seed ^ (n as u64) << 8 ^ (depth * 1000.0) as u64;
+                let g = bench::generate(kind, n, depth, seed, &|s| tokenizer.count(s));
+                std::fs::create_dir_all(&folder)
+                    .with_context(|| format!("cannot create {}", folder.display()))?;
+                let doc = folder.join("document.txt");
+                if std::fs::read_to_string(&doc).ok().as_deref() != Some(g.text.as_str()) {
+                    std::fs::write(&doc, &g.text)
+                        .with_context(|| format!("cannot write {}", doc.display()))?;
+                }
+                tasks.push(Task {
+                    name: format!("{spec}@{depth}"),
+                    index: current_index(&ctx, &folder, true)?,
+                    question: g.question,
+                });
+            }
+        }
+    }
+    let target = ctx.model_path()?;
+    let models = rapid_chat::llm::Models::load(
+        &target,
+        ctx.config.draft_model.as_deref(),
+        ctx.config.engine.gpu_layers,
+    )?;
+    let mut engine = Engine::new(models, &ctx.config.engine)?;
+    engine.set_kv_cache(rapid_chat::session::kv_cache(
+        &ctx.config.engine,
+        ctx.dirs.kv_cache(),
+    ));
+    let plan = bench::Plan {
+        modes: modes.clone(),
+        repeat: args.repeat,
+        settings: TurnSettings::from_config(&ctx.config.engine)?,
+    };
+    let total = tasks.len() * modes.len() * args.repeat;
+    let mut done = 0;
+    let runs = bench::run(&mut engine, &tasks, &plan, &mut |r| {
+        done += 1;
+        eprintln!(
+            "[{done}/{total}] {} {:<5} {:6.1} tok/s  acceptance {:.2}  {} tokens{}",
+            r.task,
+            r.mode.to_string(),
+            r.tok_s,
+            r.acceptance,
+            r.stats.generated_tokens,
+            match r.correct {
+                Some(true) => "  correct",
+                Some(false) => "  wrong",
+                None => "",
+            }
+        );
+    })?;
+    let summaries = bench::summarize(&runs, &modes);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "summary": summaries, "runs": runs })
+        );
+    } else {
+        let e = &ctx.config.engine;
+        println!(
+            "{} questions x {} modes x {} repeats; target ctx {}, drafter ctx {}, retrieval {},              gamma {}, lookup {}, adaptive {}, eta {}, temp {}, max tokens {}, {} threads{}\n",
+            tasks.len(),
+            modes.len(),
+            args.repeat,
+            e.ctx,
+            e.draft_ctx,
+            e.retrieval_budget,
+            e.gamma,
+            e.lookup,
+            e.adaptive,
+            e.eta,
+            e.temp,
+            e.max_tokens,
+            engine.threads(),
+            if engine.gpu { ", GPU" } else { "" },
+        );
+        print!("{}", bench::markdown(&summaries));
+    }
+    Ok(())
+}
+
 fn search_command(ctx: &Ctx, folder: &Path, query: &str, top: usize, json: bool) -> Result<()> {
     let index = current_index(ctx, folder, json)?;
     let hits = index.search(query, top)?;
@@ -433,14 +610,15 @@ fn print_hits(hits: &[rapid_chat::corpus::Hit]) {
         println!(
             "{}. {}{page} [{}..{}] score {:.2}",
             i + 1,
-            h.path,
+            line(&h.path),
             h.start,
             h.end,
             h.score
         );
+        let snippet = line(&h.snippet);
         let snippet = if tty {
             let mut out = String::new();
-            for (k, part) in h.snippet.split("**").enumerate() {
+            for (k, part) in snippet.split("**").enumerate() {
                 if k % 2 == 1 {
                     out.push_str(&format!("\x1b[1m{part}\x1b[0m"));
                 } else {
@@ -449,7 +627,7 @@ fn print_hits(hits: &[rapid_chat::corpus::Hit]) {
             }
             out
         } else {
-            h.snippet.clone()
+            snippet.into_owned()
         };
         println!("   {snippet}");
     }

@@ -54,6 +54,11 @@ impl Dirs {
         self.cache.join("indexes")
     }
 
+    /// Where saved document states (the corpus KV cache) live.
+    pub fn kv_cache(&self) -> PathBuf {
+        self.cache.join("kv")
+    }
+
     /// The log file: llama.cpp's output and ours, never the terminal.
     pub fn log_file(&self) -> PathBuf {
         self.cache.join("rapid-chat.log")

@@ -82,6 +82,7 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
     let mut engine = engine();
     let index = demo_index();
     let mut compared = 0;
+    let mut lookup_accepted = 0;
     let mut differences = Vec::new();
     for q in questions() {
         let ar = engine
@@ -104,28 +105,39 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
             "{q}: a real answer: {:?}",
             ar.output.text
         );
-        for (mode, gamma) in [
-            (Mode::Rapid, 2),
-            (Mode::Rapid, 4),
-            (Mode::Rapid, 8),
-            (Mode::Sd, 4),
+        // RAPID as shipped (lookups + adaptive drafts), lookups with fixed lengths (up to 16
+        // tokens, else the drafter's γ), the paper's RAPID (drafter only, fixed γ), vanilla SD.
+        for (mode, gamma, lookup, adaptive) in [
+            (Mode::Rapid, 4, true, true),
+            (Mode::Rapid, 4, true, false),
+            (Mode::Rapid, 8, false, false),
+            (Mode::Sd, 4, false, false),
         ] {
+            let mut settings = settings(mode, gamma);
+            settings.params.lookup = lookup;
+            settings.params.adaptive = adaptive;
             let spec = engine
-                .answer(index, &q, &[], &settings(mode, gamma), &mut |_| {
-                    Flow::Continue
-                })
+                .answer(index, &q, &[], &settings, &mut |_| Flow::Continue)
                 .unwrap();
             let s = &spec.output.stats;
-            assert!(
-                s.drafted > 0 && s.accepted > 0,
-                "{mode} γ={gamma} drafted nothing: {s:?}"
-            );
-            assert!(
-                spec.output
-                    .tokens
-                    .iter()
-                    .any(|t| t.kind == TokenKind::Accepted)
-            );
+            if !adaptive {
+                // (The adaptive policy may rightly draft little on this CPU.)
+                assert!(
+                    s.drafted > 0 && s.accepted > 0,
+                    "{mode} γ={gamma} drafted nothing: {s:?}"
+                );
+                assert!(
+                    spec.output
+                        .tokens
+                        .iter()
+                        .any(|t| t.kind == TokenKind::Accepted)
+                );
+            }
+            if !lookup {
+                assert_eq!(s.lookup_drafted, 0);
+            }
+            lookup_accepted += s.lookup_accepted;
+            let gamma = format!("{gamma} lookup={lookup} adaptive={adaptive}");
             compared += 1;
             if let Some(i) = first_difference(&ar.output.tokens, &spec.output.tokens) {
                 // Identical up to here; at the first difference the target must be near a tie.
@@ -149,6 +161,7 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
             }
         }
     }
+    assert!(lookup_accepted > 0, "no lookup draft was ever accepted");
     eprintln!(
         "greedy comparisons: {compared}, identical: {}, near-tie differences: {}",
         compared - differences.len(),
@@ -157,6 +170,119 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
     for d in &differences {
         eprintln!("  {d}");
     }
+}
+
+#[test]
+fn a_follow_up_decodes_only_its_new_tokens_into_the_target() {
+    use rapid_chat::session::Turn;
+    let mut engine = engine();
+    let index = demo_index();
+    let mut s = settings(Mode::Ar, 4);
+    s.params.max_tokens = 24;
+    let q1 = "On which port does llama-server listen by default?";
+    let a1 = engine
+        .answer(index, q1, &[], &s, &mut |_| Flow::Continue)
+        .unwrap();
+    assert!(!a1.view.whole_corpus(), "the test needs a partial view");
+    let cached = engine.target_tokens().to_vec();
+    let history = [Turn {
+        question: q1.into(),
+        answer: a1.output.text.clone(),
+    }];
+    let q2 = "And on which host address does it listen?";
+    for mode in [Mode::Ar, Mode::Rapid] {
+        s.mode = mode;
+        let before = engine.target_tokens().to_vec();
+        let prompts = engine.prepare(index, q2, &history, &s).unwrap();
+        let p = &prompts.target[..prompts.target.len() - 1];
+        let common = p.iter().zip(&before).take_while(|(a, b)| a == b).count();
+        let a2 = engine
+            .run(prompts.clone(), &s, &mut |_| Flow::Continue)
+            .unwrap();
+        let st = &a2.output.stats;
+        assert_eq!(
+            a2.view, a1.view,
+            "the follow-up keeps the documents in view"
+        );
+        // The documents and the first turn are reused: only what follows is decoded.
+        assert_eq!(st.target_prefill_tokens, p.len() - common, "{mode}");
+        if mode == Mode::Ar {
+            let shared = p.iter().zip(&cached).take_while(|(a, b)| a == b).count();
+            assert!(
+                shared >= prompts.docs_end,
+                "the documents are a common prefix"
+            );
+            let q2_tokens = engine
+                .models
+                .target
+                .vocab()
+                .tokenize(q2.as_bytes(), false, false);
+            assert!(
+                st.target_prefill_tokens <= q2_tokens.len() + 24,
+                "decoded {} tokens for a {}-token follow-up",
+                st.target_prefill_tokens,
+                q2_tokens.len()
+            );
+        } else {
+            // The same follow-up again: nothing new for the target.
+            assert_eq!(st.target_prefill_tokens, 0, "{mode}");
+        }
+    }
+}
+
+#[test]
+fn reopening_restores_the_documents_from_the_kv_cache_with_the_same_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = rapid_chat::llm::kvcache::KvCache::new(dir.path().join("kv"), 1 << 30);
+    let models = engine().models.clone();
+    let mut s = settings(Mode::Ar, 4);
+    s.params.max_tokens = 24;
+    let q = "Which encoding rules does libtasn1 implement for encoding and decoding?";
+    let answer = |engine: &mut Engine| {
+        engine
+            .answer(demo_index(), q, &[], &s, &mut |_| Flow::Continue)
+            .unwrap()
+    };
+    // First opening: the documents are decoded and saved.
+    let mut first = Engine::new(models.clone(), &engine_config()).unwrap();
+    first.set_kv_cache(Some(cache.clone()));
+    let a = answer(&mut first);
+    drop(first);
+    assert_eq!(a.output.stats.restored_tokens, 0);
+    assert!(a.output.stats.target_prefill_tokens > 3000);
+    let saved: Vec<_> = std::fs::read_dir(dir.path().join("kv"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        saved.iter().filter(|n| n.ends_with(".kv")).count(),
+        1,
+        "{saved:?}"
+    );
+    // Reopening (a new engine, as after a restart): restored, only the question decoded, and
+    // the same answer token for token.
+    let mut second = Engine::new(models.clone(), &engine_config()).unwrap();
+    second.set_kv_cache(Some(cache.clone()));
+    let b = answer(&mut second);
+    let st = &b.output.stats;
+    assert!(st.restored_tokens > 3000, "{st:?}");
+    assert!(st.target_prefill_tokens < 100, "{st:?}");
+    let ids =
+        |a: &rapid_chat::session::Answer| a.output.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&b));
+    // A damaged state file is not loaded: decoded again, same answer.
+    let kv = saved.iter().find(|n| n.ends_with(".kv")).unwrap();
+    let path = dir.path().join("kv").join(kv);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    drop(second);
+    let mut third = Engine::new(models, &engine_config()).unwrap();
+    third.set_kv_cache(Some(cache));
+    let c = answer(&mut third);
+    assert_eq!(c.output.stats.restored_tokens, 0);
+    assert_eq!(ids(&a), ids(&c));
 }
 
 #[test]
@@ -202,7 +328,9 @@ fn events_stream_every_token_and_cancel_stops_the_answer() {
     );
     let s = &answer.output.stats;
     assert_eq!(s.generated_tokens, answer.output.tokens.len());
-    assert!((s.acceptance_rate - s.accepted as f64 / s.drafted as f64).abs() < 1e-9);
+    if s.drafted > 0 {
+        assert!((s.acceptance_rate - s.accepted as f64 / s.drafted as f64).abs() < 1e-9);
+    }
     let _ = prefill_events;
 
     let mut count = 0;
@@ -223,10 +351,15 @@ fn events_stream_every_token_and_cancel_stops_the_answer() {
         cancelled.output.tokens.len() >= 3
             && cancelled.output.tokens.len() < answer.output.tokens.len()
     );
-    assert_eq!(
-        cancelled.output.tokens[..],
-        answer.output.tokens[..cancelled.output.tokens.len()]
-    );
+    // The same answer, cut short (the adaptive drafts may differ from run to run, and with them
+    // llama.cpp's rounding at a near-tie).
+    let n = cancelled.output.tokens.len();
+    if let Some(i) = first_difference(&cancelled.output.tokens, &answer.output.tokens[..n]) {
+        let margin = cancelled.output.tokens[i]
+            .margin
+            .min(answer.output.tokens[i].margin);
+        assert!(margin < NEAR_TIE, "differs at token {i}, margin {margin}");
+    }
 }
 
 #[test]
@@ -330,6 +463,7 @@ fn rollback_on_a_sliding_window_model_matches_a_fresh_context() {
         n_ctx: 2048,
         threads: 2,
         flash_attention: false,
+        gpu: false,
     };
 
     // Decode prompt + detour, roll the detour back, decode the ending.

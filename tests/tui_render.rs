@@ -122,6 +122,7 @@ fn streaming_app() -> App {
     }
     for accepted in [3, 0, 2] {
         app.handle(AppEvent::Engine(Reply::Event(Event::Round {
+            source: rapid_chat::spec::adaptive::Source::Model,
             drafted: 4,
             accepted,
             t_draft: std::time::Duration::from_millis(30),
@@ -252,4 +253,64 @@ fn tiny_terminals_do_not_panic() {
     for (w, h) in [(1, 1), (10, 3), (30, 8), (60, 10)] {
         draw(&app, w, h);
     }
+}
+
+/// Documents, file names and model output cannot act on the terminal: escape sequences (window
+/// title, cursor moves, clearing), 8-bit CSI and bidirectional overrides are neutralized in the
+/// chat, the sources pane and the chunk popup, with the printable rest kept.
+#[test]
+fn hostile_text_never_reaches_the_terminal_as_control_characters() {
+    let hostile = "\x1b]0;pwned\x07\x1b[2J\x1b[10;10H\u{9b}31m\rX\u{202E}evil";
+    let mut app = app();
+    loaded(&mut app);
+    type_and_send(&mut app, "what?");
+    app.handle(AppEvent::Engine(Reply::Started {
+        sources: vec![Source {
+            path: format!("{hostile}.md"),
+            page: None,
+            score: 1.0,
+            start: 0,
+            end: 10,
+            text: format!("chunk {hostile}"),
+        }],
+        view: View::default(),
+    }));
+    app.handle(token(&format!("answer {hostile} end"), TokenKind::Target));
+    // The sources pane, then the chunk popup.
+    app.handle(AppEvent::Key(KeyEvent::new(
+        KeyCode::F(2),
+        KeyModifiers::NONE,
+    )));
+    for open in [false, true] {
+        if open {
+            app.handle(AppEvent::Key(KeyEvent::new(
+                KeyCode::Tab,
+                KeyModifiers::NONE,
+            )));
+            app.handle(AppEvent::Key(KeyEvent::new(
+                KeyCode::Enter,
+                KeyModifiers::NONE,
+            )));
+        }
+        let terminal = draw(&app, 100, 30);
+        let buffer = terminal.backend().buffer();
+        let mut screen = String::new();
+        for cell in buffer.content() {
+            assert!(
+                !cell.symbol().chars().any(rapid_chat::safe_text::is_unsafe),
+                "a control character reached a cell: {:?}",
+                cell.symbol()
+            );
+            screen.push_str(cell.symbol());
+        }
+        assert!(screen.contains("pwned"), "the printable text stays visible");
+        if open {
+            assert!(screen.contains("chunk"), "the popup is open");
+        }
+    }
+    // The same through the neutralizing pass alone: a cell given a control character directly.
+    let mut buf = ratatui::buffer::Buffer::empty(ratatui::layout::Rect::new(0, 0, 4, 1));
+    buf[(1, 0)].set_symbol("\x1b");
+    ui::neutralize_buffer(&mut buf);
+    assert_eq!(buf[(1, 0)].symbol(), "\u{FFFD}");
 }

@@ -258,9 +258,21 @@ fn pdf_failure_reason(stderr: &str) -> String {
     }
 }
 
+/// Address space the PDF worker may use: a decompression bomb fails there, not on the machine.
+const PDF_WORKER_MAX_BYTES: u64 = 4 << 30;
+
 /// The worker's side (`rapid-chat extract-pdf IN OUT`): extracts pages of IN, writes them to
-/// OUT as a JSON array of strings. Panics are reported on stderr and end the process non-zero.
+/// OUT as a JSON array of strings. Panics are reported on stderr and end the process non-zero;
+/// so does running out of its memory limit.
 pub fn pdf_worker_main(input: &Path, output: &Path) -> anyhow::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: PDF_WORKER_MAX_BYTES,
+        rlim_max: PDF_WORKER_MAX_BYTES,
+    };
+    // SAFETY: setrlimit reads the struct it is given and only changes this process's limits.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+        tracing::warn!("cannot limit the PDF worker's memory");
+    }
     let bytes = std::fs::read(input)?;
     let doc = lopdf::Document::load_mem(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let encrypted = doc.was_encrypted() || doc.trailer.has(b"Encrypt");

@@ -124,7 +124,8 @@ pub struct Hit {
     pub text: String,
 }
 
-/// Read access to a folder's index.
+/// Read access to a folder's index (cheap to clone: clones share the reader).
+#[derive(Clone)]
 pub struct CorpusIndex {
     index: Index,
     reader: IndexReader,

@@ -3,6 +3,7 @@
 //! sequence decodes only what follows the longest common prefix with what is cached).
 
 use std::num::NonZeroU32;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -22,6 +23,8 @@ pub struct ContextSpec {
     pub threads: u32,
     /// Flash attention: slower on CPUs here, left to llama.cpp on GPUs.
     pub flash_attention: bool,
+    /// Whether the cache lives in GPU memory (else its size is checked against free RAM).
+    pub gpu: bool,
 }
 
 /// A context with the tokens its KV cache holds (positions `0..tokens.len()`).
@@ -41,6 +44,7 @@ impl Context {
     /// A fresh context of `model`. Sliding-window models get `swa_full`, without which rolling
     /// back silently changes later tokens.
     pub fn new(model: &'static LlamaModel, spec: ContextSpec) -> Result<Self> {
+        check_memory(model, spec)?;
         let n_batch = 512u32.min(spec.n_ctx);
         let threads = i32::try_from(spec.threads).unwrap_or(i32::MAX).max(1);
         let flash = if spec.flash_attention {
@@ -174,6 +178,40 @@ impl Context {
         Ok(())
     }
 
+    /// Size in bytes of the cache's state (what [`Self::save_state`] writes, about).
+    pub fn state_size(&self) -> usize {
+        self.ctx
+            .state_seq_get_size_ext(0, LlamaStateSeqFlags::empty())
+    }
+
+    /// Writes the cache and its tokens to a llama.cpp state file.
+    pub fn save_state(&self, path: &Path) -> Result<()> {
+        self.ctx
+            .state_seq_save_file(path, 0, &self.tokens)
+            .map_err(|e| anyhow::anyhow!("cannot save the context state: {e}"))?;
+        Ok(())
+    }
+
+    /// Replaces the cache with a state file's; it must hold exactly `expected` (else the cache is
+    /// left empty and the answer is false).
+    pub fn load_state(&mut self, path: &Path, expected: &[LlamaToken]) -> Result<bool> {
+        self.ctx.clear_kv_cache();
+        self.tokens.clear();
+        if expected.len() > self.n_ctx() {
+            return Ok(false);
+        }
+        let (tokens, _) = self
+            .ctx
+            .state_seq_load_file(path, 0, expected.len())
+            .map_err(|e| anyhow::anyhow!("cannot load the context state: {e}"))?;
+        if tokens != expected {
+            self.ctx.clear_kv_cache();
+            return Ok(false);
+        }
+        self.tokens = tokens;
+        Ok(true)
+    }
+
     /// Time spent inside llama.cpp's decode since the context was made.
     pub fn busy(&self) -> Duration {
         self.busy
@@ -249,6 +287,46 @@ impl Context {
     pub fn n_vocab(&self) -> usize {
         self.n_vocab
     }
+}
+
+/// Refuses a CPU context whose KV cache would not fit in the memory available (llama.cpp
+/// would allocate it and the system would kill the process while it is filled).
+fn check_memory(model: &LlamaModel, spec: ContextSpec) -> Result<()> {
+    if spec.gpu {
+        // Its cache lives in GPU memory, where llama.cpp reports a failed allocation.
+        return Ok(());
+    }
+    let head_dim = u64::try_from(model.n_embd()).unwrap_or(0) / u64::from(model.n_head().max(1));
+    // K and V, f16, per layer and key-value head.
+    let per_token = 2 * 2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim;
+    let need = per_token.saturating_mul(u64::from(spec.n_ctx));
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    if need > available {
+        bail!(
+            "a context of {} tokens needs about {:.1} GiB for its KV cache, more than the {:.1} GiB \
+             of memory available: use a smaller --ctx / --draft-ctx",
+            spec.n_ctx,
+            need as f64 / f64::from(1u32 << 30),
+            available as f64 / f64::from(1u32 << 30)
+        );
+    }
+    Ok(())
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (None where there is no such file).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 #[derive(Clone, Copy)]

@@ -1,9 +1,10 @@
 //! Everything that talks to llama.cpp: the backend, model loading, contexts, tokenization, the
-//! chat template, fetching known models. The rest of the crate speaks in our own types.
+//! chat template, the KV cache on disk, fetching known models. The rest of the crate speaks in our own types.
 
 pub mod chat;
 pub mod context;
 pub mod fetch;
+pub mod kvcache;
 pub mod model;
 
 pub use context::{Context, ContextSpec};

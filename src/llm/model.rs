@@ -110,6 +110,7 @@ pub fn model_fingerprint(path: &Path) -> String {
 }
 
 /// The target and drafter models, loaded for the life of the process (contexts borrow them).
+#[derive(Clone)]
 pub struct Models {
     pub target: &'static LlamaModel,
     pub drafter: &'static LlamaModel,

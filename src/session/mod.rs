@@ -5,9 +5,12 @@
 pub mod prompt;
 
 use anyhow::Result;
+use llama_cpp_2::token::LlamaToken;
 
 use crate::config::EngineConfig;
 use crate::corpus::CorpusIndex;
+use crate::llm::context::common_prefix;
+use crate::llm::kvcache::{self, KvCache};
 use crate::llm::{Context, ContextSpec, Models};
 use crate::spec::decode::{self, Drafter, Output, Params};
 use crate::spec::{Event, Flow, Mode};
@@ -24,7 +27,41 @@ pub struct Engine {
     draft_ctx: u32,
     /// Whether llama.cpp offloads to a GPU.
     pub gpu: bool,
+    /// Where the target's state after the documents is saved (None: not saved).
+    kv: Option<KvCache>,
+    /// Identifies the target model in cache keys.
+    model_id: String,
+    /// The target's documents in the last answer (kept for follow-ups while they fit).
+    last_view: Vec<prompt::ChunkId>,
 }
+
+/// Target prefill done outside the decode loop, before its clock started.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shared {
+    prefill: usize,
+    restored: usize,
+    seconds: f64,
+}
+
+impl Shared {
+    fn add_to(&self, s: &mut crate::spec::Stats) {
+        s.prefill_tokens += self.prefill;
+        s.target_prefill_tokens += self.prefill;
+        s.restored_tokens = self.restored;
+        s.prefill_s += self.seconds;
+        s.ttft_s += self.seconds;
+    }
+}
+
+/// The corpus KV cache the configuration asks for, in `dir`.
+pub fn kv_cache(config: &EngineConfig, dir: std::path::PathBuf) -> Option<KvCache> {
+    config
+        .kv_cache
+        .then(|| KvCache::new(dir, config.kv_cache_max_mib.saturating_mul(1 << 20)))
+}
+
+/// Documents shorter than this are decoded rather than restored from disk.
+const MIN_CACHED_TOKENS: usize = 1024;
 
 /// An answer with what it was built from.
 #[derive(Debug, Clone)]
@@ -55,6 +92,9 @@ impl TurnSettings {
                 top_p: c.top_p,
                 seed: c.seed,
                 max_tokens: c.max_tokens,
+                lookup: c.lookup,
+                lookup_max: c.lookup_max,
+                adaptive: c.adaptive,
             },
             retrieval_budget: c.retrieval_budget,
         })
@@ -74,6 +114,7 @@ impl Engine {
             n_ctx: config.ctx,
             threads,
             flash_attention: gpu,
+            gpu,
         };
         let target = Context::new(models.target, spec)?;
         let drafter = Context::new(
@@ -83,6 +124,7 @@ impl Engine {
                 ..spec
             },
         )?;
+        let model_id = crate::llm::model::model_fingerprint(&models.target_path);
         Ok(Self {
             models,
             target,
@@ -90,7 +132,83 @@ impl Engine {
             spec,
             draft_ctx: config.draft_ctx,
             gpu,
+            kv: None,
+            model_id,
+            last_view: Vec::new(),
         })
+    }
+
+    /// Saves and restores the target's state after the documents in `cache` (None: never).
+    pub fn set_kv_cache(&mut self, cache: Option<KvCache>) {
+        self.kv = cache;
+    }
+
+    /// Brings the target's cache to `docs` (instructions and documents) from the corpus KV cache
+    /// on disk when it holds them and memory does not; else decodes them and saves the state
+    /// there. Returns the tokens decoded and the tokens restored.
+    fn documents(
+        &mut self,
+        docs: &[LlamaToken],
+        sink: &mut dyn FnMut(Event) -> Flow,
+    ) -> Result<(usize, usize)> {
+        let Some(cache) = self.kv.clone() else {
+            return Ok((0, 0));
+        };
+        let common = common_prefix(self.target.tokens(), docs);
+        if docs.len() < MIN_CACHED_TOKENS || docs.len() - common < MIN_CACHED_TOKENS / 2 {
+            // Decoding the little that memory lacks is cheaper (the decode loop does it).
+            return Ok((0, 0));
+        }
+        let settings = format!(
+            "n_ctx={} flash={} swa_full=1",
+            self.target.n_ctx(),
+            self.spec.flash_attention
+        );
+        let key = kvcache::key(&self.model_id, &settings, docs);
+        if let Some(path) = cache.find(&key) {
+            match self.target.load_state(&path, docs) {
+                Ok(true) => {
+                    tracing::info!(tokens = docs.len(), "documents restored from the KV cache");
+                    sink(Event::Prefill {
+                        done: docs.len(),
+                        total: docs.len(),
+                    });
+                    return Ok((0, docs.len()));
+                }
+                Ok(false) => tracing::warn!("a KV cache entry held other tokens: decoding"),
+                Err(e) => tracing::warn!("the KV cache entry did not load ({e:#}): decoding"),
+            }
+        }
+        let mut progress =
+            |done: usize, total: usize| sink(Event::Prefill { done, total }) == Flow::Continue;
+        let decoded = self.target.prefill(docs, &mut progress)?;
+        if self.target.tokens() == docs {
+            let size = self.target.state_size() as u64;
+            if size > cache.max_bytes() {
+                tracing::info!(
+                    size,
+                    "the documents' state exceeds the KV cache cap: not saved"
+                );
+            } else {
+                let target = &self.target;
+                let started = std::time::Instant::now();
+                match cache.store(&key, docs.len(), |p| target.save_state(p)) {
+                    Ok(bytes) => tracing::info!(
+                        bytes,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "documents saved to the KV cache"
+                    ),
+                    // Not saving costs the next start time, not this answer.
+                    Err(e) => tracing::warn!("{e:#}"),
+                }
+            }
+        }
+        Ok((decoded, 0))
+    }
+
+    /// The tokens in the target's KV cache.
+    pub fn target_tokens(&self) -> &[LlamaToken] {
+        self.target.tokens()
     }
 
     /// CPU threads llama.cpp uses.
@@ -146,7 +264,29 @@ impl Engine {
             retrieval: settings.retrieval_budget,
             max_tokens: settings.params.max_tokens,
         };
-        prompt::build(self.models.target, index, question, history, budgets)
+        prompt::build_after(
+            self.models.target,
+            index,
+            question,
+            history,
+            budgets,
+            &self.last_view,
+        )
+    }
+
+    /// Prefills both contexts with a turn's prompts (all but their last tokens, which the answer
+    /// decodes), reusing what the caches hold; returns the seconds it took.
+    pub fn prefill(&mut self, prompts: &prompt::Prompts) -> Result<f64> {
+        let started = std::time::Instant::now();
+        for (ctx, p) in [
+            (&mut self.target, &prompts.target),
+            (&mut self.drafter, &prompts.draft),
+        ] {
+            if !p.is_empty() && p.len() < ctx.n_ctx() {
+                ctx.prefill(&p[..p.len() - 1], &mut |_, _| true)?;
+            }
+        }
+        Ok(started.elapsed().as_secs_f64())
     }
 
     /// Decodes the answer to prepared prompts in the chosen mode.
@@ -157,8 +297,45 @@ impl Engine {
         sink: &mut dyn FnMut(Event) -> Flow,
     ) -> Result<Answer> {
         let model = self.models.target;
-        let params = &settings.params;
-        let (mut shared_prefill, mut shared_s) = (0, 0.0);
+        // What happens here before the decode loop (the documents, SD's shared prefill) is added
+        // to the loop's statistics, in the Done event too.
+        let mut shared = Shared::default();
+        // Lookups and adaptation belong to rapid mode; the other modes are the baselines it is
+        // measured against (vanilla SD drafts a fixed γ with the drafter model).
+        let params = &Params {
+            lookup: settings.params.lookup && settings.mode == Mode::Rapid,
+            adaptive: settings.params.adaptive && settings.mode == Mode::Rapid,
+            ..settings.params.clone()
+        };
+        if settings.mode != Mode::Rag {
+            self.last_view = prompts.target_chunks.clone();
+            let started = std::time::Instant::now();
+            let (decoded, restored) = self.documents(&prompts.target[..prompts.docs_end], sink)?;
+            if decoded + restored > 0 {
+                shared.prefill += decoded;
+                shared.restored = restored;
+                shared.seconds += started.elapsed().as_secs_f64();
+            }
+        }
+        if settings.mode == Mode::Sd && self.models.same {
+            // Self-speculation over the same prompt: prefill once, copy the cache.
+            let p = &prompts.target;
+            let mut progress =
+                |done: usize, total: usize| sink(Event::Prefill { done, total }) == Flow::Continue;
+            let started = std::time::Instant::now();
+            shared.prefill += self.target.prefill(&p[..p.len() - 1], &mut progress)?;
+            if common_prefix(self.drafter.tokens(), p) + 1 < p.len() {
+                self.drafter.copy_from(&self.target)?;
+            }
+            shared.seconds += started.elapsed().as_secs_f64();
+        }
+        let sink = &mut |event: Event| match event {
+            Event::Done(mut s) => {
+                shared.add_to(&mut s);
+                sink(Event::Done(s))
+            }
+            other => sink(other),
+        };
         let mut output = match settings.mode {
             Mode::Ar => {
                 decode::generate(model, &mut self.target, &prompts.target, None, params, sink)?
@@ -173,22 +350,11 @@ impl Engine {
                 } else {
                     &prompts.draft
                 };
-                if settings.mode == Mode::Sd && self.models.same {
-                    // Self-speculation over the same prompt: prefill once, copy the cache.
-                    let p = &prompts.target;
-                    let mut progress = |done: usize, total: usize| {
-                        sink(Event::Prefill { done, total }) == Flow::Continue
-                    };
-                    let started = std::time::Instant::now();
-                    shared_prefill = self.target.prefill(&p[..p.len() - 1], &mut progress)?;
-                    if crate::llm::context::common_prefix(self.drafter.tokens(), p) + 1 < p.len() {
-                        self.drafter.copy_from(&self.target)?;
-                    }
-                    shared_s = started.elapsed().as_secs_f64();
-                }
                 let drafter = Drafter {
                     ctx: &mut self.drafter,
                     prompt: draft_prompt,
+                    cost_hint: self.models.drafter.size() as f64
+                        / self.models.target.size().max(1) as f64,
                 };
                 decode::generate(
                     model,
@@ -200,11 +366,7 @@ impl Engine {
                 )?
             }
         };
-        // Count the shared prefill done above, before the decode loop started its clock.
-        let s = &mut output.stats;
-        s.prefill_tokens += shared_prefill;
-        s.prefill_s += shared_s;
-        s.ttft_s += shared_s;
+        shared.add_to(&mut output.stats);
         Ok(Answer {
             mode: settings.mode,
             output,

@@ -3,6 +3,10 @@
 //! order) + the conversation. Drafter: instructions + the top chunks retrieved for the question,
 //! up to the retrieval budget, in document order + the same conversation. Budgets are filled to
 //! the token: the documents are tokenized as they will be decoded.
+//!
+//! A follow-up keeps the target's documents of the previous turn while they hold the best chunks
+//! for it (when the corpus does not fit, the view would otherwise move with every question), so
+//! that the target decodes only the new turn's tokens.
 
 use anyhow::{Result, bail};
 use llama_cpp_2::model::LlamaModel;
@@ -54,11 +58,22 @@ impl View {
 #[derive(Debug, Clone)]
 pub struct Prompts {
     pub target: Vec<LlamaToken>,
+    /// Where the target's documents end: `target[..docs_end]` (instructions and documents) is
+    /// the part saved in the corpus KV cache.
+    pub docs_end: usize,
     pub draft: Vec<LlamaToken>,
     /// The chunks the drafter sees, best first.
     pub sources: Vec<Source>,
     pub view: View,
+    /// The chunks in the target's view, as (path, order).
+    pub target_chunks: Vec<ChunkId>,
 }
+
+/// A chunk's identity: its file and its position in it.
+pub type ChunkId = (String, usize);
+
+/// Chunks of a follow-up's ranking that must be in the previous view for it to be kept.
+const KEEP_VIEW_TOP: usize = 1;
 
 /// An earlier question and its answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +99,19 @@ pub fn build(
     history: &[Turn],
     budgets: Budgets,
 ) -> Result<Prompts> {
+    build_after(model, index, question, history, budgets, &[])
+}
+
+/// Like [`build`]; `previous` is the target's view of the previous turn, kept for a follow-up
+/// when it holds the best chunks for it.
+pub fn build_after(
+    model: &LlamaModel,
+    index: &CorpusIndex,
+    question: &str,
+    history: &[Turn],
+    budgets: Budgets,
+    previous: &[ChunkId],
+) -> Result<Prompts> {
     let question = clean(question);
     if question.trim().is_empty() {
         bail!("the question is empty");
@@ -93,12 +121,29 @@ pub fn build(
         bail!("no documents are indexed in this folder: add PDF, Markdown or text files to it");
     }
     // Long conversations are trimmed, oldest turns first, so that the conversation takes at most
-    // half of the drafter's context (the smaller one): the documents keep their room.
+    // half of the drafter's context (the smaller one): the documents keep their room. Turns are
+    // dropped in blocks of about a quarter of the context from fixed cut points, so consecutive
+    // questions keep the same beginning (and the caches their prefix) between two drops.
     let limit = budgets.draft_ctx.min(budgets.target_ctx) / 2;
+    let mut cuts = vec![0];
+    let mut block = 0;
+    for (i, turn) in history.iter().enumerate() {
+        block += tokenize_plain(model, &turn.question).len()
+            + tokenize_plain(model, &turn.answer).len()
+            + 8;
+        if block >= limit / 2 {
+            cuts.push(i + 1);
+            block = 0;
+        }
+    }
+    cuts.extend(cuts.last().copied().unwrap_or(0) + 1..=history.len());
     let mut first = 0;
     let mut frame = Frame::new(model, &question, history)?;
-    while first < history.len() && frame.fixed_tokens() + budgets.max_tokens > limit {
-        first += 1;
+    for &cut in &cuts[1..] {
+        if frame.fixed_tokens() + budgets.max_tokens <= limit {
+            break;
+        }
+        first = cut;
         frame = Frame::new(model, &question, &history[first..])?;
     }
     if first > 0 {
@@ -117,6 +162,16 @@ pub fn build(
         );
     };
     let draft_room = room(budgets.draft_ctx).unwrap_or(0).min(budgets.retrieval);
+    // The target keeps a reserve for the question and the conversation (an eighth of its
+    // context, at most the conversation's cap), so that follow-ups fit beside the same documents
+    // and the cache's prefix holds until the conversation outgrows it.
+    let reserve = (budgets.target_ctx / 8).min(limit);
+    let base = Frame::new(model, "", &[])?.fixed_tokens();
+    let target_room = target_room.min(
+        budgets
+            .target_ctx
+            .saturating_sub(base + reserve + budgets.max_tokens + 1),
+    );
 
     let query = match history.last() {
         Some(turn) => format!("{question} {}", turn.question),
@@ -125,14 +180,30 @@ pub fn build(
     let ranked = index.rank(&query, all.len())?;
     let doc_tokens_total: usize = all.iter().map(|c| c.tokens).sum();
 
-    // Target: everything when it fits, else best-ranked first then the rest in document order.
-    let mut candidates: Vec<&Hit> = ranked.iter().collect();
-    let ranked_ids: std::collections::HashSet<(&str, usize)> =
-        ranked.iter().map(|r| (r.path.as_str(), r.order)).collect();
-    candidates.extend(
+    // Target: everything when it fits, else best-ranked first then the rest in document order;
+    // for a follow-up, the previous view when it holds this question's best chunks.
+    let previous: std::collections::HashSet<(&str, usize)> =
+        previous.iter().map(|(p, o)| (p.as_str(), *o)).collect();
+    let keep = !history.is_empty()
+        && !previous.is_empty()
+        && ranked
+            .iter()
+            .take(KEEP_VIEW_TOP)
+            .all(|r| previous.contains(&(r.path.as_str(), r.order)));
+    let candidates: Vec<&Hit> = if keep {
         all.iter()
-            .filter(|c| !ranked_ids.contains(&(c.path.as_str(), c.order))),
-    );
+            .filter(|c| previous.contains(&(c.path.as_str(), c.order)))
+            .collect()
+    } else {
+        let mut candidates: Vec<&Hit> = ranked.iter().collect();
+        let ranked_ids: std::collections::HashSet<(&str, usize)> =
+            ranked.iter().map(|r| (r.path.as_str(), r.order)).collect();
+        candidates.extend(
+            all.iter()
+                .filter(|c| !ranked_ids.contains(&(c.path.as_str(), c.order))),
+        );
+        candidates
+    };
     let (target_docs, target_chunks) = fill(model, &candidates, target_room);
     let (draft_docs, draft_chunks) = fill(model, &ranked.iter().collect::<Vec<_>>(), draft_room);
 
@@ -152,9 +223,14 @@ pub fn build(
         s
     };
     Ok(Prompts {
+        docs_end: frame.before_docs.len() + target_docs.len(),
         target: frame.tokens(&target_docs),
         draft: frame.tokens(&draft_docs),
         sources,
+        target_chunks: target_chunks
+            .iter()
+            .map(|c| (c.path.clone(), c.order))
+            .collect(),
         view: View {
             chunks_in_view: target_chunks.len(),
             chunks_total: all.len(),

@@ -1,7 +1,10 @@
 //! The decode loop, one for every mode. Invariant between rounds: the verifying context's cache
 //! holds the sequence except its last token (`pending`), which the next verification batch
-//! `[pending, d1..dk]` decodes together with the drafts. The drafter's cache is brought to its own
-//! sequence by prefix reuse at the start of each round, which also rolls back its rejected drafts.
+//! `[pending, d1..dk]` decodes together with the drafts. Each round's draft comes from where the
+//! policy ([`super::adaptive`]) expects the most tokens per second: a lookup in the text, the
+//! drafter model, or nowhere (a plain target step). The drafter's cache is brought to its own
+//! sequence by prefix reuse when it drafts, which also rolls back its rejected drafts and catches
+//! up on the rounds it sat out.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,8 @@ use llama_cpp_2::token::LlamaToken;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::adaptive::{self, Policy, Source};
+use super::lookup::Lookup;
 use super::sampling::{
     accept, argmax_margin, max_prob, residual, sample, softmax, target_distribution, top_p,
 };
@@ -30,6 +35,13 @@ pub struct Params {
     pub top_p: f32,
     pub seed: u64,
     pub max_tokens: usize,
+    /// Draft from lookups in the text as well as from the drafter.
+    pub lookup: bool,
+    /// Longest lookup draft.
+    pub lookup_max: usize,
+    /// Choose each round's draft source and length from measured costs and acceptance;
+    /// otherwise lookups of 3+ matching tokens, else the drafter's `gamma` tokens.
+    pub adaptive: bool,
 }
 
 impl Params {
@@ -52,6 +64,9 @@ pub struct Output {
 pub struct Drafter<'a> {
     pub ctx: &'a mut Context,
     pub prompt: &'a [LlamaToken],
+    /// A drafter step's cost relative to a target step, guessed (e.g. from the models' sizes)
+    /// until measured.
+    pub cost_hint: f64,
 }
 
 /// Generates an answer: the verifying context `target` reads `prompt`; with a drafter, each
@@ -99,6 +114,7 @@ pub fn generate(
     let n = target.prefill(&prompt[..prompt.len() - 1], &mut prefill_progress)?;
     done_before.set(n);
     stats.prefill_tokens += n;
+    stats.target_prefill_tokens += n;
     if let Some(d) = drafter.as_mut().filter(|_| !stopped.get()) {
         stats.prefill_tokens += d
             .ctx
@@ -109,6 +125,13 @@ pub fn generate(
     let decode_started = Instant::now();
     let busy_before = target.busy() + drafter.as_ref().map_or(Duration::ZERO, |d| d.ctx.busy());
 
+    let mut lookup = params
+        .lookup
+        .then(|| Lookup::new(drafter.as_ref().map_or(&[][..], |d| d.prompt), prompt));
+    let mut policy = Policy::new(
+        params.adaptive,
+        drafter.as_ref().map_or(1.0, |d| d.cost_hint),
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut generated: Vec<LlamaToken> = Vec::new();
     let mut out_tokens: Vec<GenToken> = Vec::new();
@@ -126,18 +149,58 @@ pub fn generate(
         // Draft.
         let t0 = Instant::now();
         let left = params.max_tokens - generated.len();
-        let (drafts, qs) = match drafter.as_mut() {
-            Some(d) => {
-                // Room for the drafts (and the decode of the last one) in the drafter's context.
-                let room = d.ctx.n_ctx().saturating_sub(draft_seq.len() + 1);
-                let max = params.gamma.min(left - 1).min(room);
-                if max > 0 {
-                    draft(d.ctx, &draft_seq, params, max, &mut rng)?
-                } else {
-                    (Vec::new(), Vec::new())
-                }
+        let proposal = lookup
+            .as_ref()
+            .and_then(|l| l.propose(params.lookup_max.min(left - 1)));
+        // Room for the drafts (and the decode of the last one) in the drafter's context.
+        let model_max = drafter.as_ref().map_or(0, |d| {
+            let room = d.ctx.n_ctx().saturating_sub(draft_seq.len() + 1);
+            params.gamma.min(left - 1).min(room)
+        });
+        let model_behind = drafter.as_ref().map_or(0, |d| {
+            draft_seq.len() - crate::llm::context::common_prefix(d.ctx.tokens(), &draft_seq)
+        });
+        let choice = policy.choose(adaptive::Options {
+            lookup: proposal.as_ref().map(|p| (p.match_len, p.tokens.len())),
+            model_max,
+            model_behind,
+        });
+        // Lookups carry no drafter distribution: their rounds verify against the target's own
+        // p (no transfer), with the draft as a point mass where sampling needs a q.
+        let round_params = Params {
+            eta: if choice.source == Source::Lookup {
+                0.0
+            } else {
+                params.eta
+            },
+            ..params.clone()
+        };
+        let params = &round_params;
+        let mut t_draft_step = None;
+        let (drafts, qs) = match (choice.source, drafter.as_mut(), proposal.as_ref()) {
+            (Source::Model, Some(d), _) if choice.k > 0 => {
+                let out = draft(d.ctx, &draft_seq, params, choice.k, &mut rng)?;
+                t_draft_step = out.step;
+                (out.tokens, out.qs)
             }
-            None => (Vec::new(), Vec::new()),
+            (Source::Lookup, _, Some(p)) => {
+                let drafts = p.tokens[..choice.k.min(p.tokens.len())].to_vec();
+                let qs = if params.greedy() {
+                    Vec::new()
+                } else {
+                    drafts
+                        .iter()
+                        .map(|&d| point_mass(target.n_vocab(), d))
+                        .collect()
+                };
+                (drafts, qs)
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
+        let source = if drafts.is_empty() {
+            Source::None
+        } else {
+            choice.source
         };
         let t_draft = t0.elapsed();
 
@@ -198,10 +261,30 @@ pub fn generate(
         draft_time += t_draft;
         verify_time += t_verify;
         stats.rounds += 1;
+        tracing::trace!(
+            ?source,
+            proposed = proposal.as_ref().map_or(0, |p| p.tokens.len()),
+            match_len = proposal.as_ref().map_or(0, |p| p.match_len),
+            k = drafts.len(),
+            accepted,
+            verify_ms = t_verify.as_secs_f64() * 1e3,
+            "round"
+        );
+        policy.record(adaptive::Round {
+            source,
+            match_len: proposal.as_ref().map_or(0, |p| p.match_len),
+            drafted: drafts.len(),
+            accepted,
+            rejected: accepted < drafts.len(),
+            t_draft,
+            t_draft_step,
+            t_verify,
+        });
 
         // Emit up to end-of-generation or the token limit. The round's statistics count the
         // drafts verified up to there (an accepted end-of-generation draft included).
         let mut stop = false;
+        let mut emitted_n = 0;
         let mut considered = 0;
         let mut accepted_used = 0;
         for (token, kind, margin) in emitted {
@@ -220,7 +303,11 @@ pub fn generate(
                 break;
             }
             generated.push(token);
+            emitted_n += 1;
             draft_seq.push(token);
+            if let Some(l) = lookup.as_mut() {
+                l.push(token);
+            }
             pending = token;
             let g = GenToken {
                 id: token.0,
@@ -238,6 +325,21 @@ pub fn generate(
                 break;
             }
         }
+        // A lookup the round did not use is scored against what the round produced.
+        if let Some(p) = proposal.as_ref().filter(|_| source != Source::Lookup) {
+            let produced = &generated[generated.len() - emitted_n.min(generated.len())..];
+            let agreed = p
+                .tokens
+                .iter()
+                .zip(produced)
+                .take_while(|(a, b)| a == b)
+                .count();
+            policy.observe_lookup(
+                p.match_len,
+                agreed,
+                agreed < produced.len().min(p.tokens.len()),
+            );
+        }
         let drafted = if stop {
             drafts.len().min(considered)
         } else {
@@ -246,7 +348,16 @@ pub fn generate(
         let accepted = accepted.min(accepted_used);
         stats.drafted += drafted;
         stats.accepted += accepted;
+        match source {
+            Source::None => stats.plain_rounds += 1,
+            Source::Lookup => {
+                stats.lookup_drafted += drafted;
+                stats.lookup_accepted += accepted;
+            }
+            Source::Model => {}
+        }
         let round = Event::Round {
+            source,
             drafted,
             accepted,
             t_draft,
@@ -288,6 +399,7 @@ pub fn generate(
         .saturating_sub(busy_after - busy_before))
     .as_secs_f64();
     stats.cancelled = cancelled;
+    stats.ceiling = policy.ceiling().unwrap_or(0.0);
     let answer: String = out_tokens.iter().map(|t| t.text.as_str()).collect();
     sink(Event::Done(stats.clone()));
     Ok(Output {
@@ -298,17 +410,28 @@ pub fn generate(
     })
 }
 
-/// Drafts up to `max` tokens after `seq` with the drafter; returns them with the drafter's
-/// distribution at each (empty vectors in greedy mode without transfer, where only the argmax
-/// matters). Stops early when the drafter's confidence falls below the threshold.
+/// A model draft.
+struct Drafted {
+    tokens: Vec<LlamaToken>,
+    /// The drafter's distribution at each draft (and after the last where transfer needs it);
+    /// empty in greedy mode without transfer, where only the argmax matters.
+    qs: Vec<Vec<f32>>,
+    /// The mean time of a drafter step after the first decode (which also catches up).
+    step: Option<Duration>,
+}
+
+/// Drafts up to `max` tokens after `seq` with the drafter. Stops early when the drafter's
+/// confidence falls below the threshold.
 fn draft(
     ctx: &mut Context,
     seq: &[LlamaToken],
     params: &Params,
     max: usize,
     rng: &mut ChaCha8Rng,
-) -> Result<(Vec<LlamaToken>, Vec<Vec<f32>>)> {
+) -> Result<Drafted> {
     ctx.sync(seq, &mut |_, _| true)?;
+    let steps_started = Instant::now();
+    let mut steps = 0u32;
     let need_q = !params.greedy() || params.eta > 0.0;
     let mut drafts = Vec::with_capacity(max);
     let mut qs = Vec::with_capacity(max + 1);
@@ -350,11 +473,16 @@ fn draft(
         // The last draft is decoded only when its successor's distribution is needed.
         if drafts.len() < max || need_q {
             ctx.decode_last(&[d])?;
+            steps += 1;
         } else {
             break;
         }
     }
-    Ok((drafts, qs))
+    Ok(Drafted {
+        tokens: drafts,
+        qs,
+        step: (steps > 0).then(|| steps_started.elapsed() / steps),
+    })
 }
 
 /// The target's token at a position: greedy takes the argmax (of p̂ when transferring), else a
@@ -371,6 +499,15 @@ fn pick(z: &[f32], q: Option<&[f32]>, params: &Params, rng: &mut ChaCha8Rng) -> 
     let mut p_hat = target_distribution(z, params.temp, q, params.eta);
     top_p(&mut p_hat, params.top_p);
     index_token(sample(&p_hat, rng.random()))
+}
+
+/// The distribution that proposes `d` for sure.
+fn point_mass(n_vocab: usize, d: LlamaToken) -> Vec<f32> {
+    let mut q = vec![0.0; n_vocab];
+    if let Some(x) = q.get_mut(token_index(d)) {
+        *x = 1.0;
+    }
+    q
 }
 
 fn token_index(t: LlamaToken) -> usize {

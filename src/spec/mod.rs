@@ -1,7 +1,9 @@
 //! Speculative decoding: the decode loop shared by every mode, acceptance (greedy and
 //! η-transfer sampling), the events it emits and the statistics it keeps.
 
+pub mod adaptive;
 pub mod decode;
+pub mod lookup;
 pub mod sampling;
 
 use std::time::Duration;
@@ -81,6 +83,8 @@ pub enum Event {
     },
     Token(GenToken),
     Round {
+        /// Where the draft came from (`None`: a plain target step).
+        source: adaptive::Source,
         drafted: usize,
         accepted: usize,
         t_draft: Duration,
@@ -109,8 +113,17 @@ pub struct Stats {
     pub mean_accepted_len: f64,
     /// Rounds: verifications of a draft, or single target steps.
     pub rounds: usize,
+    /// Rounds without a draft (single target steps).
+    pub plain_rounds: usize,
+    /// Of `drafted` and `accepted`: the tokens that came from lookups in the text.
+    pub lookup_drafted: usize,
+    pub lookup_accepted: usize,
     /// Tokens decoded before the first answer token (both contexts; reused prefixes not counted).
     pub prefill_tokens: usize,
+    /// Of `prefill_tokens`: those decoded into the verifying context (the target).
+    pub target_prefill_tokens: usize,
+    /// Tokens of the target's documents restored from the corpus KV cache instead.
+    pub restored_tokens: usize,
     pub prefill_s: f64,
     pub ttft_s: f64,
     /// From the end of prefill to the last token.
@@ -122,6 +135,9 @@ pub struct Stats {
     pub draft_s: f64,
     pub verify_s: f64,
     pub overhead_s: f64,
+    /// The speed-up free, always-accepted drafts could give here: the most of
+    /// `g · t(1) / t(g)` over the verification sizes measured (0: none measured).
+    pub ceiling: f64,
     /// Whether the answer was cut short by cancellation.
     pub cancelled: bool,
 }

@@ -334,13 +334,17 @@ impl App {
                 }
             }
             Event::Round {
+                drafted,
                 accepted,
                 t_draft,
                 t_verify,
                 ..
             } => {
                 if let Some(last) = self.streaming() {
-                    last.rounds.push(accepted as u64);
+                    // The sparkline shows drafts; plain target steps have none.
+                    if drafted > 0 {
+                        last.rounds.push(accepted as u64);
+                    }
                     last.decode_s += (t_draft + t_verify).as_secs_f64();
                 }
             }
@@ -732,6 +736,9 @@ mod tests {
                 top_p: 1.0,
                 seed: 1,
                 max_tokens: 64,
+                lookup: true,
+                lookup_max: 16,
+                adaptive: true,
             },
             retrieval_budget: 1024,
         }

@@ -108,13 +108,13 @@ pub fn run(opts: Options) -> Result<()> {
     let engine_config = config.engine.clone();
     let draft_model = config.draft_model.clone();
     let target = model.clone();
+    let kv_dir = dirs.kv_cache();
     let worker = Worker::spawn(
         move || {
             let models = Models::load(&target, draft_model.as_deref(), engine_config.gpu_layers)?;
-            Ok((
-                Engine::new(models, &engine_config)?,
-                engine_config.gpu_layers,
-            ))
+            let mut engine = Engine::new(models, &engine_config)?;
+            engine.set_kv_cache(crate::session::kv_cache(&engine_config, kv_dir));
+            Ok((engine, engine_config.gpu_layers))
         },
         index,
         engine_tx,

@@ -72,6 +72,18 @@ pub fn draw(f: &mut Frame, app: &App, theme: &Theme) {
     } else if app.source_open {
         draw_source_text(f, app, theme, area);
     }
+    neutralize_buffer(f.buffer_mut());
+}
+
+/// Documents, file names and model output are untrusted: ratatui drops control characters from
+/// text, and this pass makes sure, whatever a widget let through, that no cell reaches the
+/// terminal with a control character or a bidirectional override.
+pub fn neutralize_buffer(buf: &mut ratatui::buffer::Buffer) {
+    for cell in buf.content.iter_mut() {
+        if cell.symbol().chars().any(crate::safe_text::is_unsafe) {
+            cell.set_symbol("\u{FFFD}");
+        }
+    }
 }
 
 fn split_v<const N: usize>(area: Rect, c: [Constraint; N]) -> [Rect; N] {
@@ -361,7 +373,18 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                 }
             ),
         ));
-        lines.push(kv("prefill", format!("{:.1} s", st.prefill_s)));
+        if st.lookup_drafted > 0 {
+            lines.push(kv(
+                "lookups",
+                format!("{}/{} accepted", st.lookup_accepted, st.lookup_drafted),
+            ));
+        }
+        let cached = if st.restored_tokens > 0 {
+            " (docs cached)"
+        } else {
+            ""
+        };
+        lines.push(kv("prefill", format!("{:.1} s{cached}", st.prefill_s)));
         lines.push(kv("1st token", format!("{:.2} s", st.ttft_s)));
     }
     lines.push(kv("speed-up", speedup(app)));

@@ -1,0 +1,512 @@
+//! `rapid-chat bench`: every question in every mode, interleaved, on one engine, with speed-ups
+//! measured side by side in the same run. Questions come from a file (with expected answers where
+//! it gives them) or are generated: InfiniteBench-style retrieval tasks (`passkey:N`, `kv:N`) plant
+//! a fact at a chosen depth of N tokens of text, so quality can be measured at any context length.
+//!
+//! Each question's prompts are prefilled once before its runs (timed: the cold prefill), so every
+//! mode decodes from the same warm caches; the runs' own prefill and time to first token then show
+//! only what prefix reuse leaves. Modes rotate their order from question to question and from
+//! repeat to repeat (A B, then B A), so drift on a shared machine hits them alike.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::corpus::CorpusIndex;
+use crate::session::{Engine, TurnSettings};
+use crate::spec::{Flow, Mode, Stats};
+
+/// A question, with the answer expected in the reply where known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    pub question: String,
+    #[serde(default)]
+    pub answer: Option<String>,
+}
+
+/// Reads a questions file: a JSON array of `{"question": ..., "answer": ...}` (other keys ignored).
+pub fn load_questions(path: &Path) -> Result<Vec<Question>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the questions file {}", path.display()))?;
+    let questions: Vec<Question> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a JSON array of {{\"question\": ..., \"answer\": ...}} objects",
+            path.display()
+        )
+    })?;
+    if questions.is_empty() {
+        bail!("{} holds no questions", path.display());
+    }
+    Ok(questions)
+}
+
+/// A generated retrieval task kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// A five-digit pass key hidden in filler text.
+    Passkey,
+    /// The value of one key among many random key-value pairs.
+    Kv,
+}
+
+/// `passkey:N` or `kv:N`: the kind and the document length in tokens.
+pub fn parse_task(spec: &str) -> Result<(TaskKind, usize)> {
+    let (kind, n) = spec
+        .split_once(':')
+        .with_context(|| format!("task {spec:?}: use passkey:N or kv:N (N tokens of text)"))?;
+    let kind = match kind {
+        "passkey" => TaskKind::Passkey,
+        "kv" => TaskKind::Kv,
+        other => bail!("unknown task {other:?}: use passkey:N or kv:N"),
+    };
+    let n: usize = n
+        .parse()
+        .ok()
+        .filter(|&n| n >= 64)
+        .with_context(|| format!("task {spec:?}: N must be a number of tokens, at least 64"))?;
+    Ok((kind, n))
+}
+
+/// A generated document: its text, the question about it and the expected answer.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub text: String,
+    pub question: Question,
+}
+
+const FILLER: &str = "The grass is green. The sky is blue. The sun is yellow. Here we go. \
+There and back again. ";
+
+/// Generates a task's document of about `tokens` tokens (counted with `count`) with the fact
+/// planted at `depth` (0 = start, 1 = end of the text).
+pub fn generate(
+    kind: TaskKind,
+    tokens: usize,
+    depth: f64,
+    seed: u64,
+    count: &dyn Fn(&str) -> usize,
+) -> Generated {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    match kind {
+        TaskKind::Passkey => {
+            let key: u32 = rng.random_range(10_000..100_000);
+            let needle = format!("The pass key is {key}. Remember it. {key} is the pass key. ");
+            let per = count(FILLER).max(1);
+            let reps = tokens.saturating_sub(count(&needle)) / per;
+            let at = ((reps as f64) * depth.clamp(0.0, 1.0)).round() as usize;
+            let mut text = String::with_capacity((reps + 1) * FILLER.len() + needle.len());
+            for i in 0..=reps {
+                if i == at {
+                    text.push_str(&needle);
+                }
+                if i < reps {
+                    text.push_str(FILLER);
+                }
+            }
+            Generated {
+                text,
+                question: Question {
+                    question: "What is the pass key? Answer with the number.".into(),
+                    answer: Some(key.to_string()),
+                },
+            }
+        }
+        TaskKind::Kv => {
+            let hex = |rng: &mut ChaCha8Rng| {
+                format!("{:08x}-{:04x}", rng.random::<u32>(), rng.random::<u16>())
+            };
+            let line = |k: &str, v: &str| format!("\"{k}\": \"{v}\",\n");
+            let sample = line(&hex(&mut rng), &hex(&mut rng));
+            let pairs = (tokens / count(&sample).max(1)).max(1);
+            let at = (((pairs - 1) as f64) * depth.clamp(0.0, 1.0)).round() as usize;
+            let mut text = String::from("{\n");
+            let mut asked = (String::new(), String::new());
+            for i in 0..pairs {
+                let (k, v) = (hex(&mut rng), hex(&mut rng));
+                text.push_str(&line(&k, &v));
+                if i == at {
+                    asked = (k, v);
+                }
+            }
+            text.push_str("}\n");
+            Generated {
+                text,
+                question: Question {
+                    question: format!(
+                        "In the JSON object, what is the value of the key \"{}\"?",
+                        asked.0
+                    ),
+                    answer: Some(asked.1),
+                },
+            }
+        }
+    }
+}
+
+/// One question to run: its index and where it came from.
+pub struct Task {
+    pub name: String,
+    pub index: CorpusIndex,
+    pub question: Question,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub modes: Vec<Mode>,
+    pub repeat: usize,
+    pub settings: TurnSettings,
+}
+
+/// One answer of the bench.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub task: String,
+    pub question: String,
+    pub mode: Mode,
+    pub repeat: usize,
+    pub tok_s: f64,
+    /// Tokens/s over the AR answer to the same question in the same repeat.
+    pub speedup: Option<f64>,
+    pub acceptance: f64,
+    pub mean_accepted_len: f64,
+    /// The question's prefill of both contexts from cold, before its runs.
+    pub cold_prefill_s: f64,
+    pub prefill_s: f64,
+    pub ttft_s: f64,
+    /// Whether the answer contains the expected one (case and spacing ignored).
+    pub correct: Option<bool>,
+    /// Greedy only: the first token where the answer differs from AR's, with the target's
+    /// margin there (`None`: identical).
+    pub differs_from_ar_at: Option<(usize, f32)>,
+    pub answer: String,
+    pub stats: Stats,
+    #[serde(skip)]
+    ids: Vec<i32>,
+    #[serde(skip)]
+    margins: Vec<f32>,
+}
+
+/// Runs the plan; `progress` sees each run as it finishes.
+pub fn run(
+    engine: &mut Engine,
+    tasks: &[Task],
+    plan: &Plan,
+    progress: &mut dyn FnMut(&Run),
+) -> Result<Vec<Run>> {
+    let mut runs: Vec<Run> = Vec::new();
+    for rep in 0..plan.repeat {
+        for (t, task) in tasks.iter().enumerate() {
+            let q = &task.question.question;
+            // Warm both contexts with this question's prompts: the cold prefill, timed once.
+            let mut warm = plan.settings.clone();
+            warm.mode = Mode::Rapid;
+            let prompts = engine.prepare(&task.index, q, &[], &warm)?;
+            let cold_prefill_s = engine.prefill(&prompts)?;
+            let n = plan.modes.len();
+            let order: Vec<Mode> = (0..n).map(|i| plan.modes[(i + t + rep) % n]).collect();
+            let first = runs.len();
+            for mode in order {
+                let mut settings = plan.settings.clone();
+                settings.mode = mode;
+                let answer =
+                    engine.answer(&task.index, q, &[], &settings, &mut |_| Flow::Continue)?;
+                let out = answer.output;
+                let correct = task
+                    .question
+                    .answer
+                    .as_deref()
+                    .map(|a| contains(&out.text, a));
+                let run = Run {
+                    task: task.name.clone(),
+                    question: q.clone(),
+                    mode,
+                    repeat: rep,
+                    tok_s: out.stats.decode_tok_s,
+                    speedup: None,
+                    acceptance: out.stats.acceptance_rate,
+                    mean_accepted_len: out.stats.mean_accepted_len,
+                    cold_prefill_s,
+                    prefill_s: out.stats.prefill_s,
+                    ttft_s: out.stats.ttft_s,
+                    correct,
+                    differs_from_ar_at: None,
+                    answer: out.text,
+                    ids: out.tokens.iter().map(|t| t.id).collect(),
+                    margins: out.tokens.iter().map(|t| t.margin).collect(),
+                    stats: out.stats,
+                };
+                progress(&run);
+                runs.push(run);
+            }
+            // Compare with AR's answer to the same question.
+            let group = &mut runs[first..];
+            if let Some(ar) = group.iter().find(|r| r.mode == Mode::Ar).cloned() {
+                let greedy = plan.settings.params.temp <= 0.0;
+                for r in group.iter_mut() {
+                    if ar.tok_s > 0.0 {
+                        r.speedup = Some(r.tok_s / ar.tok_s);
+                    }
+                    // RAG answers from another context: no reason to equal AR.
+                    if greedy && r.mode != Mode::Rag && r.mode != Mode::Ar {
+                        r.differs_from_ar_at = first_difference(&ar, r);
+                    }
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Where two greedy answers first differ, with the smaller of the two target margins there.
+fn first_difference(ar: &Run, other: &Run) -> Option<(usize, f32)> {
+    let i = ar
+        .ids
+        .iter()
+        .zip(&other.ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    if i == ar.ids.len() && i == other.ids.len() {
+        return None;
+    }
+    let m = |r: &Run| r.margins.get(i).copied().unwrap_or(f32::INFINITY);
+    Some((i, m(ar).min(m(other))))
+}
+
+/// Whether `expected` occurs in `text` as whole words (so "No" is not found in "not").
+fn contains(text: &str, expected: &str) -> bool {
+    let norm = |s: &str| {
+        s.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+    };
+    let (text, expected) = (norm(text), norm(expected));
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    text.match_indices(&expected).any(|(i, m)| {
+        !word(text[..i].chars().next_back()) && !word(text[i + m.len()..].chars().next())
+    })
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// The summary of one mode over all runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub mode: Mode,
+    pub runs: usize,
+    pub tok_s_median: f64,
+    pub speedup_median: Option<f64>,
+    pub speedup_min: Option<f64>,
+    pub acceptance: f64,
+    pub mean_accepted_len: f64,
+    pub cold_prefill_s_median: f64,
+    pub ttft_s_median: f64,
+    pub correct: Option<(usize, usize)>,
+    pub identical_to_ar: Option<(usize, usize)>,
+    /// Per round, in milliseconds: drafting, verifying, and outside llama.cpp.
+    pub ms_draft: f64,
+    pub ms_verify: f64,
+    pub ms_other: f64,
+    pub lookup_share: f64,
+    /// Median over runs of the speed-up free, always-accepted drafts could give (the
+    /// verification cost curve measured in the run).
+    pub ceiling: Option<f64>,
+}
+
+/// Per-mode summaries, in the plan's mode order.
+pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
+    modes
+        .iter()
+        .map(|&mode| {
+            let rs: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
+            let sum = |f: &dyn Fn(&Stats) -> f64| rs.iter().map(|r| f(&r.stats)).sum::<f64>();
+            let rounds = sum(&|s| s.rounds as f64).max(1.0);
+            let drafted = sum(&|s| s.drafted as f64);
+            let speedups: Vec<f64> = rs.iter().filter_map(|r| r.speedup).collect();
+            let correct: Vec<bool> = rs.iter().filter_map(|r| r.correct).collect();
+            let compared: Vec<&&Run> = rs
+                .iter()
+                .filter(|r| r.speedup.is_some() && mode != Mode::Ar && mode != Mode::Rag)
+                .collect();
+            Summary {
+                mode,
+                runs: rs.len(),
+                tok_s_median: median(rs.iter().map(|r| r.tok_s).collect()).unwrap_or(0.0),
+                speedup_median: median(speedups.clone()),
+                speedup_min: speedups.iter().copied().reduce(f64::min),
+                acceptance: if drafted > 0.0 {
+                    sum(&|s| s.accepted as f64) / drafted
+                } else {
+                    0.0
+                },
+                mean_accepted_len: (sum(&|s| s.generated_tokens as f64)) / rounds,
+                cold_prefill_s_median: median(rs.iter().map(|r| r.cold_prefill_s).collect())
+                    .unwrap_or(0.0),
+                ttft_s_median: median(rs.iter().map(|r| r.ttft_s).collect()).unwrap_or(0.0),
+                correct: (!correct.is_empty())
+                    .then(|| (correct.iter().filter(|&&c| c).count(), correct.len())),
+                identical_to_ar: (!compared.is_empty()).then(|| {
+                    (
+                        compared
+                            .iter()
+                            .filter(|r| r.differs_from_ar_at.is_none())
+                            .count(),
+                        compared.len(),
+                    )
+                }),
+                ms_draft: sum(&|s| s.draft_s) * 1e3 / rounds,
+                ms_verify: sum(&|s| s.verify_s) * 1e3 / rounds,
+                ms_other: sum(&|s| s.overhead_s) * 1e3 / rounds,
+                lookup_share: if drafted > 0.0 {
+                    sum(&|s| s.lookup_drafted as f64) / drafted
+                } else {
+                    0.0
+                },
+                ceiling: median(
+                    rs.iter()
+                        .map(|r| r.stats.ceiling)
+                        .filter(|&c| c > 1.0)
+                        .collect(),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The summary as a Markdown table.
+pub fn markdown(summaries: &[Summary]) -> String {
+    let mut out = String::from(
+        "| mode | tok/s (median) | vs AR (median) | vs AR (min) | acceptance | tokens/round | \
+         lookup share of drafts | ms/round draft + verify + other | TTFT s (warm) | correct | \
+         greedy = AR |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let x = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}x"));
+    let frac = |v: Option<(usize, usize)>| v.map_or("–".into(), |(a, b)| format!("{a}/{b}"));
+    for s in summaries {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {} | {} | {} | {:.2} | {} | {:.1} + {:.1} + {:.2} | {:.2} | {} | {} |",
+            s.mode,
+            s.tok_s_median,
+            x(s.speedup_median),
+            x(s.speedup_min),
+            if s.acceptance > 0.0 {
+                format!("{:.2}", s.acceptance)
+            } else {
+                "–".into()
+            },
+            s.mean_accepted_len,
+            if s.acceptance > 0.0 {
+                format!("{:.0}%", s.lookup_share * 100.0)
+            } else {
+                "–".into()
+            },
+            s.ms_draft,
+            s.ms_verify,
+            s.ms_other,
+            s.ttft_s_median,
+            frac(s.correct),
+            frac(s.identical_to_ar),
+        );
+    }
+    if let Some(p) = summaries.first() {
+        let _ = writeln!(
+            out,
+            "\nCold prefill of a question (both contexts, median): {:.2} s.",
+            p.cold_prefill_s_median
+        );
+    }
+    for s in summaries.iter().filter(|s| s.ceiling.is_some()) {
+        let _ = writeln!(
+            out,
+            "Ceiling of {} here (free, always-accepted drafts: the best g·t(1)/t(g) measured, \
+             median): {}.",
+            s.mode,
+            x(s.ceiling)
+        );
+    }
+    out
+}
+
+/// Where generated task documents go: one folder per task under `root`.
+pub fn task_folder(root: &Path, kind: TaskKind, tokens: usize, depth: f64) -> PathBuf {
+    let kind = match kind {
+        TaskKind::Passkey => "passkey",
+        TaskKind::Kv => "kv",
+    };
+    root.join(format!(
+        "{kind}-{tokens}-d{:03}",
+        (depth * 100.0).round() as u32
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> usize {
+        s.split_whitespace().count()
+    }
+
+    #[test]
+    fn tasks_parse_and_plant_their_fact_at_the_depth() {
+        assert_eq!(
+            parse_task("passkey:8000").unwrap(),
+            (TaskKind::Passkey, 8000)
+        );
+        assert!(parse_task("passkey").is_err());
+        assert!(parse_task("needle:100").is_err());
+        assert!(parse_task("kv:ten").is_err());
+        for depth in [0.0, 0.5, 1.0] {
+            let g = generate(TaskKind::Passkey, 2000, depth, 7, &words);
+            let key = g.question.answer.clone().unwrap();
+            let at = g.text.find(&key).unwrap() as f64 / g.text.len() as f64;
+            assert!((at - depth).abs() < 0.05, "depth {depth}: at {at}");
+            assert!(
+                (1900..=2100).contains(&words(&g.text)),
+                "{}",
+                words(&g.text)
+            );
+        }
+        let g = generate(TaskKind::Kv, 2000, 0.25, 7, &words);
+        let v = g.question.answer.clone().unwrap();
+        assert_eq!(g.text.matches(&v).count(), 1);
+        let k = g.question.question.split('"').nth(1).unwrap();
+        assert!(g.text.contains(&format!("\"{k}\": \"{v}\"")));
+        // Another seed, another key.
+        assert_ne!(
+            generate(TaskKind::Passkey, 500, 0.5, 8, &words)
+                .question
+                .answer,
+            generate(TaskKind::Passkey, 500, 0.5, 7, &words)
+                .question
+                .answer
+        );
+    }
+
+    #[test]
+    fn correctness_ignores_case_and_spacing() {
+        assert!(contains("It is  29 june\n2007.", "29 June 2007"));
+        assert!(!contains("It is 2007.", "29 June 2007"));
+        assert!(contains("No, it does not.", "no"));
+        assert!(!contains("It is not known.", "no"));
+        assert!(contains("the /health endpoint", "/health"));
+    }
+}

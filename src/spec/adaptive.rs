@@ -1,0 +1,545 @@
+//! Choosing each round's draft: where it comes from (a lookup in the text, the drafter model, or
+//! nowhere: a plain target step) and how long it is. A draft of `k` tokens accepted token by token
+//! with probability `α` yields `E(k) = (1 − α^(k+1)) / (1 − α)` tokens per round (the target's own
+//! token included) and costs `k·t_draft + t_verify(k+1)`; the policy picks the draft with the most
+//! tokens per second, where a plain step yields 1 token in `t_verify(1)`. The rates and costs are
+//! measured as the answer goes (acceptance per source, and for lookups per match length, since a
+//! long match is a better guess than a short one; a lookup the policy declined is scored against
+//! the tokens the round produced anyway, so its estimate keeps learning for free). A drafter that sat out some rounds must first
+//! catch up on the tokens emitted meanwhile: that batch is part of its cost. So when drafting does
+//! not pay, as on a CPU where verifying `G` tokens costs a good share of `G` steps, the policy
+//! falls back to plain steps.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a round's draft came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// No draft: one target step.
+    None,
+    /// The continuation of an earlier occurrence of the recent tokens.
+    Lookup,
+    /// The drafter model.
+    Model,
+}
+
+/// A round's plan: the source and the most tokens to draft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub source: Source,
+    pub k: usize,
+}
+
+impl Choice {
+    const NONE: Self = Self {
+        source: Source::None,
+        k: 0,
+    };
+}
+
+/// Old observations fade: each new one multiplies the weight of the earlier ones by this.
+const DECAY: f64 = 0.95;
+/// A drafter not used for this many rounds is tried once with a short draft (when nearly worth
+/// it), so that its estimate can recover when the text changes.
+const EXPLORE_AFTER: usize = 32;
+/// Lookups whose match is shorter than this are not used without adaptation.
+const FIXED_MIN_MATCH: usize = 3;
+
+/// A decayed estimate of a per-token acceptance rate: successes and failures of a geometric
+/// process (a round that accepts everything is censored: no failure).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    s: f64,
+    f: f64,
+}
+
+impl Rate {
+    fn prior(alpha: f64) -> Self {
+        // Worth two observations.
+        Self {
+            s: 2.0 * alpha,
+            f: 2.0 * (1.0 - alpha),
+        }
+    }
+
+    fn alpha(&self) -> f64 {
+        (self.s / (self.s + self.f)).clamp(0.01, 0.99)
+    }
+
+    fn record(&mut self, accepted: usize, rejected: bool) {
+        self.s = self.s * DECAY + accepted as f64;
+        self.f = self.f * DECAY + f64::from(u8::from(rejected));
+    }
+}
+
+/// A decayed running mean.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mean {
+    value: f64,
+    n: f64,
+}
+
+impl Mean {
+    fn record(&mut self, x: f64) {
+        self.n = self.n * DECAY + 1.0;
+        self.value += (x - self.value) / self.n;
+    }
+
+    fn get(&self) -> Option<f64> {
+        (self.n > 0.0).then_some(self.value)
+    }
+}
+
+/// The time to verify `g` tokens in one batch, measured per `g`, interpolated linearly
+/// (`a + b·(g − 1)`, least squares over the measured sizes) where a size was not measured yet.
+#[derive(Debug, Clone, Default)]
+struct VerifyCost {
+    by_size: Vec<Mean>,
+}
+
+impl VerifyCost {
+    fn record(&mut self, g: usize, t: f64) {
+        if self.by_size.len() <= g {
+            self.by_size.resize(g + 1, Mean::default());
+        }
+        self.by_size[g].record(t);
+    }
+
+    /// The estimated time of a batch of `g`, or None before any measurement.
+    fn estimate(&self, g: usize) -> Option<f64> {
+        if let Some(m) = self.by_size.get(g).filter(|m| m.n >= 1.5) {
+            return m.get();
+        }
+        let points: Vec<(f64, f64)> = self
+            .by_size
+            .iter()
+            .enumerate()
+            .filter_map(|(g, m)| m.get().map(|t| ((g - 1) as f64, t)))
+            .collect();
+        let (a, b) = match points.as_slice() {
+            [] => return None,
+            // One size measured: assume each extra token costs 40% of a step (a CPU-like
+            // guess; measurements replace it).
+            [(x, t)] => {
+                let a = t / (1.0 + 0.4 * x);
+                (a, 0.4 * a)
+            }
+            _ => {
+                let n = points.len() as f64;
+                let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+                let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+                let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+                let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+                let b = (sxy / sxx).max(0.0);
+                (my - b * mx, b)
+            }
+        };
+        Some((a + b * (g - 1) as f64).max(1e-6))
+    }
+}
+
+/// Expected tokens per round of a `k`-token draft with per-token acceptance `alpha`.
+pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
+    if alpha >= 1.0 {
+        return (k + 1) as f64;
+    }
+    (1.0 - alpha.powi(i32::try_from(k + 1).unwrap_or(i32::MAX))) / (1.0 - alpha)
+}
+
+/// Lookup acceptance is tracked per match length: 2, 3, 4-7, 8 and more tokens.
+fn bucket(match_len: usize) -> usize {
+    match match_len {
+        0..=2 => 0,
+        3 => 1,
+        4..=7 => 2,
+        _ => 3,
+    }
+}
+
+/// What a round may draft from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The lookup's match length and how many tokens it can propose.
+    pub lookup: Option<(usize, usize)>,
+    /// The most tokens the drafter model may draft (0: no drafter this round).
+    pub model_max: usize,
+    /// Tokens the drafter must decode before its first draft (1 when it is caught up).
+    pub model_behind: usize,
+}
+
+/// The per-answer drafting policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    adaptive: bool,
+    verify: VerifyCost,
+    /// Time of one drafter step.
+    draft_step: Mean,
+    /// A drafter step's cost relative to a target step until one is measured.
+    draft_cost_hint: f64,
+    model: Rate,
+    lookup: [Rate; 4],
+    /// Rounds since the drafter was last used.
+    idle: usize,
+}
+
+impl Policy {
+    /// With `adaptive` false: a lookup when its match is long enough, else the drafter model's
+    /// longest draft, else a plain step (the paper's fixed γ). `draft_cost_hint` guesses a drafter
+    /// step's cost relative to a target step (e.g. the ratio of the models' sizes) until measured.
+    pub fn new(adaptive: bool, draft_cost_hint: f64) -> Self {
+        Self {
+            adaptive,
+            verify: VerifyCost::default(),
+            draft_step: Mean::default(),
+            draft_cost_hint: draft_cost_hint.clamp(0.01, 1.0),
+            model: Rate::prior(0.6),
+            lookup: [0.3, 0.5, 0.7, 0.85].map(Rate::prior),
+            idle: 0,
+        }
+    }
+
+    /// The plan for the next round.
+    pub fn choose(&mut self, opts: Options) -> Choice {
+        let lookup = opts.lookup.filter(|&(_, avail)| avail > 0);
+        let choice = if self.adaptive {
+            self.best(lookup, opts.model_max, opts.model_behind.max(1))
+        } else if let Some((_, avail)) = lookup.filter(|&(len, _)| len >= FIXED_MIN_MATCH) {
+            Choice {
+                source: Source::Lookup,
+                k: avail,
+            }
+        } else if opts.model_max > 0 {
+            Choice {
+                source: Source::Model,
+                k: opts.model_max,
+            }
+        } else {
+            Choice::NONE
+        };
+        self.idle = if choice.source == Source::Model {
+            0
+        } else {
+            self.idle + 1
+        };
+        choice
+    }
+
+    fn best(&self, lookup: Option<(usize, usize)>, model_max: usize, behind: usize) -> Choice {
+        // Until a plain step has been timed there is nothing to compare with: take one.
+        let Some(t1) = self.verify.estimate(1) else {
+            return Choice::NONE;
+        };
+        let plain = 1.0 / t1;
+        let mut best = (plain, Choice::NONE);
+        let mut model_best = 0.0f64;
+        let mut consider = |rate: f64, choice: Choice| {
+            if choice.source == Source::Model {
+                model_best = model_best.max(rate);
+            }
+            if rate > best.0 {
+                best = (rate, choice);
+            }
+        };
+        if let Some((len, avail)) = lookup {
+            let alpha = self.lookup[bucket(len)].alpha();
+            for k in 1..=avail {
+                if let Some(t) = self.verify.estimate(k + 1) {
+                    let choice = Choice {
+                        source: Source::Lookup,
+                        k,
+                    };
+                    consider(expected_tokens(alpha, k) / t, choice);
+                }
+            }
+        }
+        if model_max > 0 {
+            let alpha = self.model.alpha();
+            let td = self.draft_step.get().unwrap_or(t1 * self.draft_cost_hint);
+            // The first draft comes with the catch-up batch, which costs like a verification of
+            // that size on the drafter; each further draft is one drafter step.
+            let catch_up = td * self.verify.estimate(behind).map_or(1.0, |t| t / t1);
+            for k in 1..=model_max {
+                if let Some(t) = self.verify.estimate(k + 1) {
+                    let choice = Choice {
+                        source: Source::Model,
+                        k,
+                    };
+                    let cost = catch_up + (k - 1) as f64 * td + t;
+                    consider(expected_tokens(alpha, k) / cost, choice);
+                }
+            }
+        }
+        let (rate, best) = best;
+        if best.source == Source::None {
+            // Try the idle drafter now and then with a short draft when it is nearly worth it:
+            // its estimate may be stale. (Lookups are scored even when not used.)
+            if best.source == Source::None
+                && model_max > 0
+                && self.idle >= EXPLORE_AFTER
+                && model_best >= 0.8 * rate
+            {
+                return Choice {
+                    source: Source::Model,
+                    k: model_max.min(2),
+                };
+            }
+        }
+        best
+    }
+
+    /// Records a finished round: `drafted` tokens from `source` (with the lookup's match length),
+    /// `accepted` of them, whether one was rejected, and the measured times.
+    pub fn record(&mut self, round: Round) {
+        let g = round.drafted + 1;
+        self.verify.record(g, round.t_verify.as_secs_f64());
+        match round.source {
+            Source::None => {}
+            Source::Lookup => {
+                self.lookup[bucket(round.match_len)].record(round.accepted, round.rejected);
+            }
+            Source::Model => {
+                if let Some(step) = round.t_draft_step {
+                    self.draft_step.record(step.as_secs_f64());
+                }
+                if round.drafted > 0 {
+                    self.model.record(round.accepted, round.rejected);
+                }
+            }
+        }
+    }
+
+    /// Scores a lookup proposal the round did not use against the tokens it produced: how many
+    /// of its first tokens agreed, and whether one disagreed.
+    pub fn observe_lookup(&mut self, match_len: usize, agreed: usize, disagreed: bool) {
+        self.lookup[bucket(match_len)].record(agreed, disagreed);
+    }
+
+    /// The best speed-up over plain steps that drafts could give if they were free and always
+    /// accepted: the most of `g · t(1) / t(g)` over the batch sizes measured.
+    pub fn ceiling(&self) -> Option<f64> {
+        let t1 = self.verify.by_size.get(1)?.get()?;
+        self.verify
+            .by_size
+            .iter()
+            .enumerate()
+            .filter_map(|(g, m)| m.get().map(|t| g as f64 * t1 / t))
+            .reduce(f64::max)
+    }
+}
+
+/// What a round did, for [`Policy::record`].
+#[derive(Debug, Clone, Copy)]
+pub struct Round {
+    pub source: Source,
+    pub match_len: usize,
+    pub drafted: usize,
+    pub accepted: usize,
+    pub rejected: bool,
+    pub t_draft: Duration,
+    /// The mean time of the drafter's steps after its first (catch-up) decode, if it made any.
+    pub t_draft_step: Option<Duration>,
+    pub t_verify: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(x: f64) -> Duration {
+        Duration::from_secs_f64(x / 1000.0)
+    }
+
+    fn round(source: Source, len: usize, drafted: usize, accepted: usize, t: f64) -> Round {
+        Round {
+            source,
+            match_len: len,
+            drafted,
+            accepted,
+            rejected: accepted < drafted,
+            t_draft: ms(0.0),
+            t_draft_step: None,
+            t_verify: ms(t),
+        }
+    }
+
+    #[test]
+    fn expected_tokens_matches_the_formula() {
+        assert!((expected_tokens(0.5, 1) - 1.5).abs() < 1e-9);
+        assert!((expected_tokens(0.5, 3) - 1.875).abs() < 1e-9);
+        assert_eq!(expected_tokens(1.0, 4), 5.0);
+        assert!((expected_tokens(0.0, 4) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn verify_cost_interpolates_between_measured_sizes() {
+        let mut v = VerifyCost::default();
+        assert_eq!(v.estimate(3), None);
+        v.record(1, 0.030);
+        // One size: the 40% guess.
+        assert!((v.estimate(3).unwrap() - 0.030 * 1.8).abs() < 1e-9);
+        for _ in 0..3 {
+            v.record(1, 0.030);
+            v.record(5, 0.070);
+        }
+        // Linear between 30 ms at 1 and 70 ms at 5: 10 ms a token.
+        assert!((v.estimate(3).unwrap() - 0.050).abs() < 1e-6);
+        assert!((v.estimate(9).unwrap() - 0.110).abs() < 1e-6);
+        assert!((v.estimate(5).unwrap() - 0.070).abs() < 1e-6);
+    }
+
+    /// The CPU case (DESIGN.md's table at 4K: 31 ms a step, 74 ms for 4, 124 ms for 8) with a
+    /// drafter step of 15 ms: drafting with the model does not pay at 89% acceptance, a long
+    /// lookup match that is usually right does.
+    #[test]
+    fn cpu_costs_fall_back_to_plain_steps_unless_the_lookup_is_good() {
+        let mut p = Policy::new(true, 1.0);
+        for _ in 0..5 {
+            p.record(round(Source::None, 0, 0, 0, 31.0));
+            p.record(round(Source::Lookup, 8, 3, 3, 74.0));
+            p.record(round(Source::Lookup, 8, 7, 7, 124.0));
+            let mut r = round(Source::Model, 0, 6, 5, 140.0);
+            r.t_draft = ms(90.0);
+            r.t_draft_step = Some(ms(15.0));
+            p.record(r);
+        }
+        // Model acceptance: 5 of 6 with a rejection each round: about 0.8.
+        let c = p.choose(Options {
+            lookup: None,
+            model_max: 6,
+            model_behind: 1,
+        });
+        assert_eq!(c.source, Source::None);
+        let c = p.choose(Options {
+            lookup: Some((9, 16)),
+            model_max: 6,
+            model_behind: 1,
+        });
+        assert_eq!(c.source, Source::Lookup);
+        assert!(c.k >= 3, "{c:?}");
+    }
+
+    #[test]
+    fn a_lookup_that_keeps_failing_is_dropped_and_taken_again_once_it_would_have_been_right() {
+        let mut p = Policy::new(true, 1.0);
+        p.record(round(Source::None, 0, 0, 0, 30.0));
+        for _ in 0..10 {
+            p.record(round(Source::Lookup, 5, 2, 0, 50.0));
+        }
+        let opts = Options {
+            lookup: Some((5, 4)),
+            ..Options::default()
+        };
+        assert_eq!(p.choose(opts).source, Source::None);
+        // Plain steps that produced what the declined lookups proposed.
+        for _ in 0..20 {
+            p.observe_lookup(5, 1, false);
+        }
+        assert_eq!(p.choose(opts).source, Source::Lookup);
+    }
+
+    #[test]
+    fn the_drafter_is_retried_after_a_while_only_when_nearly_worth_it() {
+        let opts = Options {
+            model_max: 4,
+            model_behind: 1,
+            ..Options::default()
+        };
+        let count = |p: &mut Policy| {
+            (0..EXPLORE_AFTER * 2)
+                .filter(|_| p.choose(opts).source == Source::Model)
+                .count()
+        };
+        // Nearly worth it: a cheap drafter whose acceptance fell.
+        let mut p = Policy::new(true, 0.1);
+        p.record(round(Source::None, 0, 0, 0, 30.0));
+        p.record(round(Source::Lookup, 3, 4, 0, 40.0));
+        for _ in 0..5 {
+            p.record(round(Source::Model, 0, 4, 0, 40.0));
+        }
+        assert!((1..=3).contains(&count(&mut p)));
+        // Far from it: a drafter as slow as the target at 10% acceptance, never retried.
+        let mut p = Policy::new(true, 1.0);
+        p.record(round(Source::None, 0, 0, 0, 30.0));
+        p.record(round(Source::Lookup, 3, 4, 0, 90.0));
+        for _ in 0..5 {
+            p.record(round(Source::Model, 0, 4, 0, 90.0));
+        }
+        assert_eq!(count(&mut p), 0);
+    }
+
+    #[test]
+    fn launch_bound_gpu_costs_take_long_lookups() {
+        // DESIGN.md's H200 SmolLM2 figures: 1.3 ms a step, 3.5 ms for 11 tokens.
+        let mut p = Policy::new(true, 1.0);
+        for _ in 0..4 {
+            p.record(round(Source::None, 0, 0, 0, 1.3));
+            p.record(round(Source::Lookup, 8, 10, 10, 3.5));
+        }
+        let c = p.choose(Options {
+            lookup: Some((10, 16)),
+            ..Options::default()
+        });
+        assert_eq!(c.source, Source::Lookup);
+        assert!(c.k >= 10, "{c:?}");
+    }
+
+    /// A small drafter for a large target (an 8B on a GPU: 5 ms a step, 6 ms to verify 5): the
+    /// drafter pays when it is caught up, not after sitting out 200 tokens on a CPU-like curve.
+    #[test]
+    fn a_cheap_drafter_pays_unless_it_must_catch_up_a_long_way() {
+        let mut p = Policy::new(true, 0.05);
+        for _ in 0..4 {
+            p.record(round(Source::None, 0, 0, 0, 5.0));
+            p.record(round(Source::Lookup, 3, 4, 0, 6.0));
+        }
+        let opts = |behind| Options {
+            lookup: None,
+            model_max: 6,
+            model_behind: behind,
+        };
+        let c = p.choose(opts(1));
+        assert_eq!(c.source, Source::Model, "{c:?}");
+        assert!(c.k >= 3, "{c:?}");
+        let mut cpu = Policy::new(true, 0.5);
+        for _ in 0..4 {
+            cpu.record(round(Source::None, 0, 0, 0, 31.0));
+            cpu.record(round(Source::Lookup, 3, 7, 0, 124.0));
+        }
+        assert_eq!(cpu.choose(opts(200)).source, Source::None);
+        assert!(cpu.ceiling().unwrap() > 1.9);
+    }
+
+    #[test]
+    fn without_adaptation_lookup_then_model() {
+        let mut p = Policy::new(false, 1.0);
+        let c = p.choose(Options {
+            lookup: Some((5, 4)),
+            model_max: 6,
+            model_behind: 1,
+        });
+        assert_eq!(
+            c,
+            Choice {
+                source: Source::Lookup,
+                k: 4
+            }
+        );
+        let c = p.choose(Options {
+            lookup: Some((2, 4)),
+            model_max: 6,
+            model_behind: 1,
+        });
+        assert_eq!(
+            c,
+            Choice {
+                source: Source::Model,
+                k: 6
+            }
+        );
+        let c = p.choose(Options::default());
+        assert_eq!(c, Choice::NONE);
+    }
+}

@@ -1,0 +1,160 @@
+//! Lookup drafts: answers about documents quote them, and small models repeat themselves, so the
+//! tokens that followed the longest earlier occurrence of the sequence's recent tokens are a good
+//! guess at no model cost. The haystack is the drafter's retrieved chunks followed by the target's
+//! sequence (documents, conversation, the answer so far), indexed by token pairs.
+
+use std::collections::HashMap;
+
+use llama_cpp_2::token::LlamaToken;
+
+/// Candidates examined per lookup (the most recent occurrences of the last two tokens).
+const MAX_CANDIDATES: usize = 64;
+/// Matches are measured up to this many tokens back.
+const MAX_MATCH: usize = 32;
+
+/// A proposal: the continuation of the best earlier match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// How many recent tokens the match covers (at least 2).
+    pub match_len: usize,
+    pub tokens: Vec<LlamaToken>,
+}
+
+/// The haystack and an index from each token pair to the positions that follow it.
+pub struct Lookup {
+    hay: Vec<LlamaToken>,
+    /// Where the live sequence starts in `hay` (before it: the retrieved chunks).
+    live: usize,
+    pairs: HashMap<(i32, i32), Vec<u32>>,
+}
+
+impl Lookup {
+    /// A haystack of `extra` (text only looked in) followed by `seq`, the sequence being
+    /// extended with [`Self::push`].
+    pub fn new(extra: &[LlamaToken], seq: &[LlamaToken]) -> Self {
+        let mut me = Self {
+            hay: Vec::with_capacity(extra.len() + seq.len() + 1024),
+            live: 0,
+            pairs: HashMap::with_capacity(extra.len() + seq.len()),
+        };
+        for &t in extra {
+            me.push(t);
+        }
+        me.live = me.hay.len();
+        for &t in seq {
+            me.push(t);
+        }
+        me
+    }
+
+    /// Appends a token of the live sequence.
+    pub fn push(&mut self, t: LlamaToken) {
+        self.hay.push(t);
+        let n = self.hay.len();
+        if n >= 2 {
+            let key = (self.hay[n - 2].0, self.hay[n - 1].0);
+            // The position after the pair: where its continuation starts.
+            self.pairs
+                .entry(key)
+                .or_default()
+                .push(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// The continuation (up to `max` tokens) of the longest earlier match of the live
+    /// sequence's end; the most recent one among equally long matches. A continuation that runs
+    /// into the end of the sequence repeats its period (a loop goes on looping).
+    pub fn propose(&self, max: usize) -> Option<Proposal> {
+        let n = self.hay.len();
+        if max == 0 || n < 3 || n - self.live < 2 {
+            return None;
+        }
+        let key = (self.hay[n - 2].0, self.hay[n - 1].0);
+        let positions = self.pairs.get(&key)?;
+        let mut best: Option<(usize, usize)> = None; // (match_len, position)
+        for &p in positions.iter().rev().take(MAX_CANDIDATES + 1) {
+            let p = p as usize;
+            if p >= n {
+                continue; // the end itself
+            }
+            // Tokens before p equal to the tokens before n (the pair is known to match).
+            let mut len = 2;
+            while len < MAX_MATCH && len < p && self.hay[p - 1 - len] == self.hay[n - 1 - len] {
+                len += 1;
+            }
+            if best.is_none_or(|(l, _)| len > l) {
+                best = Some((len, p));
+            }
+        }
+        let (match_len, p) = best?;
+        let period = n - p;
+        let tokens = (0..max)
+            .map(|i| {
+                let j = p + i;
+                if j < n {
+                    self.hay[j]
+                } else {
+                    // Past the end: the sequence from p repeats with this period.
+                    self.hay[p + (j - p) % period]
+                }
+            })
+            .collect();
+        Some(Proposal { match_len, tokens })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(v: &[i32]) -> Vec<LlamaToken> {
+        v.iter().map(|&t| LlamaToken(t)).collect()
+    }
+
+    #[test]
+    fn proposes_what_followed_the_longest_match() {
+        // "1 2 3 4 5 ... 9 2 3 7 ... 1 2 3": the end (1 2 3) matched longest at the start.
+        let seq = toks(&[1, 2, 3, 4, 5, 6, 9, 2, 3, 7, 8, 0, 1, 2, 3]);
+        let l = Lookup::new(&[], &seq);
+        let p = l.propose(3).unwrap();
+        assert_eq!(p.match_len, 3);
+        assert_eq!(p.tokens, toks(&[4, 5, 6]));
+    }
+
+    #[test]
+    fn prefers_the_most_recent_of_equal_matches() {
+        // The end "9 5 6" occurs twice before, followed by 1 and then by 2.
+        let seq = toks(&[9, 5, 6, 1, 9, 5, 6, 2, 9, 5, 6]);
+        let p = Lookup::new(&[], &seq).propose(1).unwrap();
+        assert_eq!(p.tokens, toks(&[2]));
+    }
+
+    #[test]
+    fn no_match_no_proposal() {
+        let l = Lookup::new(&[], &toks(&[1, 2, 3, 4, 5]));
+        assert_eq!(l.propose(4), None);
+        assert_eq!(Lookup::new(&[], &toks(&[1])).propose(4), None);
+    }
+
+    #[test]
+    fn looks_in_the_extra_text_and_follows_pushes() {
+        let extra = toks(&[10, 11, 12, 13, 14]);
+        let mut l = Lookup::new(&extra, &toks(&[1, 2]));
+        assert_eq!(l.propose(2), None);
+        l.push(LlamaToken(10));
+        l.push(LlamaToken(11));
+        assert_eq!(l.propose(2).unwrap().tokens, toks(&[12, 13]));
+        // The extra text alone never proposes for its own end.
+        let only = Lookup::new(&toks(&[1, 2, 3, 1, 2]), &[]);
+        assert_eq!(only.propose(2), None);
+    }
+
+    #[test]
+    fn a_loop_keeps_looping() {
+        // "7 8 9 7 8 9 7 8": period 3, continuation past the end repeats it.
+        let l = Lookup::new(&[], &toks(&[7, 8, 9, 7, 8, 9, 7, 8]));
+        let p = l.propose(7).unwrap();
+        assert_eq!(p.tokens, toks(&[9, 7, 8, 9, 7, 8, 9]));
+        assert!(p.match_len >= 5);
+    }
+}
