@@ -1,17 +1,23 @@
 #!/bin/bash
 # The GPU measurements of rapid-chat's speed work, run ON the GPU host after the chunks of
 # ../shared/gpu/stage.sh (see its README): `bash .gpu/N/device.sh -- bash scripts/gpu-bench.sh`.
-#   1. SmolLM2 on the demo questions: ar, rapid, sd, rag at two context sizes (bench, 2 repeats).
+#   1. SmolLM2 on the demo questions: ar, rapid, sd, rag at two context sizes, 256-token answers
+#      (bench, 2 repeats).
 #   2. Passkey and kv retrieval quality at an 8K-token target context: ar, rag, rapid (eta 0 and
 #      eta 0.5).
 #   3. rapid-chat's AR step on a synthetic 8B-shaped model at 32K, 64K and 128K tokens of
 #      context, next to step_cost.cpp's floor for the same model and depths.
-# Results go to $OUT (default ./gpu-out); a summary is printed. Each part has a time limit so a
-# slow part cannot eat the others' device time.
+# Results go to $OUT/results.tar.gz (default OUT ./gpu-out); a summary is printed. Each part has a
+# time limit so a slow part cannot eat the others' device time; PARTS=12 runs only parts 1 and 2. step_cost.cpp needs llama.h and
+# ggml.h: from $HEADERS (default .gpu/headers, with include/ and ggml/include/ of the vendored
+# llama.cpp) or anywhere under $G.
 set -uo pipefail
 : "${G:?run through device.sh, which sets G}"
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
+FINAL=${OUT:-$PWD/gpu-out}
+OUT=/tmp/gpu-bench
+HEADERS=${HEADERS:-$PWD/.gpu/headers}
+mkdir -p "$OUT" "$FINAL"
+trap 'tar -C "$OUT" -czf "$FINAL/results.tar.gz" .' EXIT
 export RAPID_CHAT_CACHE_DIR=/root/rc/cache RAPID_CHAT_DATA_DIR=/root/rc/data RAPID_CHAT_CONFIG_DIR=/root/rc/config
 M=$(ls "$G"/models/SmolLM2*.gguf | head -1)
 A=$G/assets
@@ -33,44 +39,74 @@ for path in sys.argv[1:]:
 EOF
 }
 
+PARTS=${PARTS:-123}
 t0=$(date +%s)
 for spec in "4608 1536 1024" "8192 6144 4096"; do
+  [[ $PARTS == *1* ]] || break
   set -- $spec
   timeout 150 rapid-chat bench "$A/demo" --questions "$A/questions.json" --model "$M" \
-    --ctx "$1" --draft-ctx "$2" --retrieval-budget "$3" --max-tokens 128 --repeat 2 --json \
+    --ctx "$1" --draft-ctx "$2" --retrieval-budget "$3" --max-tokens 256 --repeat 2 --json \
     >"$OUT/smol-$1.json" 2>"$OUT/smol-$1.err"
 done
-echo "part 1: $(( $(date +%s) - t0 )) s"; summary "$OUT"/smol-*.json
+[[ $PARTS == *1* ]] && { echo "part 1: $(( $(date +%s) - t0 )) s"; summary "$OUT"/smol-*.json; }
 
 t0=$(date +%s)
 for eta in 0 0.5; do
-  timeout 120 rapid-chat bench --tasks passkey:7600,kv:7600 --model "$M" --ctx 8192 \
+  [[ $PARTS == *2* ]] || break
+  timeout 120 rapid-chat bench --tasks passkey:6800,kv:6800 --model "$M" --ctx 8192 \
     --draft-ctx 6144 --retrieval-budget 1024 --modes ar,rag,rapid --eta "$eta" --max-tokens 32 \
     --json >"$OUT/quality-eta$eta.json" 2>"$OUT/quality-eta$eta.err"
 done
-echo "part 2: $(( $(date +%s) - t0 )) s"; summary "$OUT"/quality-*.json
+[[ $PARTS == *2* ]] && { echo "part 2: $(( $(date +%s) - t0 )) s"; summary "$OUT"/quality-*.json; }
+[[ $PARTS == *3* ]] || exit 0
 
 t0=$(date +%s)
-pip install --quiet --no-index --no-deps --target /tmp/site "$G"/synth/gguf-*.whl
-PYTHONPATH=/tmp/site timeout 120 python3 "$G/synth/synth_model.py" "$G/synth/vocab-smollm2.gguf" \
-  /root/syn8b.gguf 32 4096 32 8 14336 q4_0 >"$OUT/synth.log" 2>&1
-inc=$(find "$G" -path '*/include/llama.h' -printf '%h\n' | head -1)
-ginc=$(find "$G" -path '*/include/ggml.h' -printf '%h\n' | head -1)
+if [ ! -s /root/syn8b.gguf ]; then
+  pip install --quiet --no-index --no-deps --target /tmp/site "$G"/synth/gguf-*.whl 2>/dev/null
+  PYTHONPATH=/tmp/site timeout 120 python3 "$G/synth/synth_model.py" "$G/synth/vocab-smollm2.gguf" \
+    /root/syn8b.gguf 32 4096 32 8 14336 q4_0 >"$OUT/synth.log" 2>&1
+fi
+inc=$(find "$HEADERS" "$G" -path '*/include/llama.h' -printf '%h\n' 2>/dev/null | head -1)
+ginc=$(find "$HEADERS" "$G" -path '*/include/ggml.h' -printf '%h\n' 2>/dev/null | head -1)
 g++ -O2 -std=c++17 "$G/synth/step_cost.cpp" -I"$inc" -I"$ginc" -L"$G/lib" -lllama -lggml -lggml-base \
-  -o /root/step_cost 2>"$OUT/step_cost_build.log"
-timeout 150 /root/step_cost /root/syn8b.gguf 132000 32768,65536,131072 1 >"$OUT/floor.csv" 2>&1
-echo "floor (depth,prefill tok/s,G,step ms):"; cat "$OUT/floor.csv"
+  -o /root/step_cost 2>"$OUT/step_cost_build.log" || tail -5 "$OUT/step_cost_build.log"
+depths=""
 for n in 32768 65536 131072; do
   # The document fills the context to about n tokens; the answer's 32 steps start there.
-  timeout 150 rapid-chat bench --tasks "passkey:$((n - 160))" --depths 0.5 --model /root/syn8b.gguf \
-    --ctx $((n + 256)) --draft-ctx 1024 --retrieval-budget 256 --modes ar --max-tokens 32 --json \
+  timeout 150 rapid-chat bench --tasks "passkey:$((n - 2048))" --depths 0.5 --model /root/syn8b.gguf \
+    --ctx $((n + 512)) --draft-ctx 1024 --retrieval-budget 256 --modes ar --max-tokens 32 --json \
     >"$OUT/syn8b-$n.json" 2>"$OUT/syn8b-$n.err"
-  python3 - "$OUT/syn8b-$n.json" <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-r = d["runs"][0]; s = r["stats"]
-print(f"rapid-chat AR at {s['target_ctx_tokens']} tokens: {1e3 * s['decode_s'] / max(s['rounds'], 1):.3f} ms/step "
-      f"({s['rounds']} steps; outside llama.cpp {1e3 * s['overhead_s'] / max(s['rounds'], 1):.3f} ms/step)")
-EOF
+  grep -E "offload|flash_attn|n_ctx |CUDA0 (model|KV)|graph" "$RAPID_CHAT_CACHE_DIR/rapid-chat.log" \
+    | sed 's/^.*llama_cpp[^:]*: //' | sort -u | head -12 >"$OUT/syn8b-$n.llama.log"
+  d=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['runs'][0]['stats']; print(s['target_ctx_tokens'] - s['rounds'] // 2)" "$OUT/syn8b-$n.json")
+  depths="$depths,$d"
 done
+echo "llama.cpp on the 8B at 32K:"; cat "$OUT/syn8b-32768.llama.log"
+# The same with 4 CPU threads instead of all cores.
+timeout 100 rapid-chat bench --tasks "passkey:$((32768 - 2048))" --depths 0.5 --model /root/syn8b.gguf \
+  --ctx $((32768 + 512)) --draft-ctx 1024 --retrieval-budget 256 --modes ar --max-tokens 32 \
+  --threads 4 --json >"$OUT/syn8b-32768-t4.json" 2>/dev/null
+python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['runs'][0]['stats']; print('4 threads, 32K:', round(1e3*s['decode_s']/max(1,s['rounds']),3), 'ms/step')" "$OUT/syn8b-32768-t4.json"
+# The floor at the same mean depths as rapid-chat's steps.
+timeout 200 /root/step_cost /root/syn8b.gguf 133120 "${depths#,}" 1 >"$OUT/floor.csv" 2>&1
+python3 - "$OUT" <<'EOF2'
+import csv, json, sys
+out = sys.argv[1]
+floor = {}
+for row in csv.DictReader(open(f"{out}/floor.csv")):
+    if row["G"] == "1":
+        floor[int(row["depth"])] = float(row["step_ms"])
+for n in (32768, 65536, 131072):
+    try:
+        s = json.load(open(f"{out}/syn8b-{n}.json"))["runs"][0]["stats"]
+    except Exception as e:
+        print(f"{n}: no result ({e})"); continue
+    depth = s["target_ctx_tokens"] - s["rounds"] // 2
+    ours = 1e3 * s["decode_s"] / max(s["rounds"], 1)
+    other = 1e3 * s["overhead_s"] / max(s["rounds"], 1)
+    f = floor.get(depth)
+    ratio = f"{ours / f:.3f}x the floor" if f else "no floor"
+    print(f"depth {depth}: rapid-chat AR {ours:.3f} ms/step (outside llama.cpp {other:.3f}), "
+          f"step_cost {f} ms: {ratio}")
+EOF2
 echo "part 3: $(( $(date +%s) - t0 )) s"

@@ -433,7 +433,10 @@ pub fn markdown(summaries: &[Summary]) -> String {
             p.cold_prefill_s_median
         );
     }
-    for s in summaries.iter().filter(|s| s.ceiling.is_some()) {
+    for s in summaries
+        .iter()
+        .filter(|s| s.mode == Mode::Rapid && s.ceiling.is_some())
+    {
         let _ = writeln!(
             out,
             "Ceiling of {} here (free, always-accepted drafts: the best g·t(1)/t(g) measured, \

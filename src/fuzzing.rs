@@ -72,7 +72,7 @@ pub fn text_extraction(data: &[u8]) {
 }
 
 /// The answer renderer on model output cut into tokens of every kind at arbitrary points:
-/// no panic, and no line wider than the width (a wide character alone excepted).
+/// no panic, and no line wider than the width (which the renderer takes as at least 8).
 pub fn markdown(data: &[u8]) {
     let Some((&first, rest)) = data.split_first() else {
         return;
@@ -106,7 +106,7 @@ pub fn markdown(data: &[u8]) {
     });
     for line in crate::tui::markdown::render(&tokens, None, width) {
         assert!(
-            line.width() <= width.max(2),
+            line.width() <= width.max(8),
             "line of width {} over {width}",
             line.width()
         );

@@ -230,6 +230,22 @@ impl Ctx {
         }
     }
 
+    /// The models loaded and their contexts made, with the corpus KV cache as configured.
+    fn engine(&self) -> Result<rapid_chat::session::Engine> {
+        let target = self.model_path()?;
+        let models = rapid_chat::llm::Models::load(
+            &target,
+            self.config.draft_model.as_deref(),
+            self.config.engine.gpu_layers,
+        )?;
+        let mut engine = rapid_chat::session::Engine::new(models, &self.config.engine)?;
+        engine.set_kv_cache(rapid_chat::session::kv_cache(
+            &self.config.engine,
+            self.dirs.kv_cache(),
+        ));
+        Ok(engine)
+    }
+
     fn tokenizer(&self) -> Result<Arc<Tokenizer>> {
         Ok(Arc::new(Tokenizer::load(&self.model_path()?)?))
     }
@@ -384,22 +400,12 @@ fn current_index(ctx: &Ctx, folder: &Path, quiet: bool) -> Result<CorpusIndex> {
 }
 
 fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
-    use rapid_chat::session::{Engine, TurnSettings};
+    use rapid_chat::session::TurnSettings;
     use rapid_chat::spec::{Event, Flow};
     args.engine.apply(&mut ctx.config.engine);
     ctx.config.validate()?;
     let index = current_index(&ctx, &args.folder, args.json)?;
-    let target = ctx.model_path()?;
-    let models = rapid_chat::llm::Models::load(
-        &target,
-        ctx.config.draft_model.as_deref(),
-        ctx.config.engine.gpu_layers,
-    )?;
-    let mut engine = Engine::new(models, &ctx.config.engine)?;
-    engine.set_kv_cache(rapid_chat::session::kv_cache(
-        &ctx.config.engine,
-        ctx.dirs.kv_cache(),
-    ));
+    let mut engine = ctx.engine()?;
     let settings = TurnSettings::from_config(&ctx.config.engine)?;
     let tty = std::io::stderr().is_terminal();
     let mut stdout = std::io::stdout();
@@ -457,7 +463,7 @@ fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
 
 fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
     use rapid_chat::bench::{self, Task};
-    use rapid_chat::session::{Engine, TurnSettings};
+    use rapid_chat::session::TurnSettings;
     use rapid_chat::spec::Mode;
     args.engine.apply(&mut ctx.config.engine);
     ctx.config.validate()?;
@@ -525,17 +531,7 @@ fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
             }
         }
     }
-    let target = ctx.model_path()?;
-    let models = rapid_chat::llm::Models::load(
-        &target,
-        ctx.config.draft_model.as_deref(),
-        ctx.config.engine.gpu_layers,
-    )?;
-    let mut engine = Engine::new(models, &ctx.config.engine)?;
-    engine.set_kv_cache(rapid_chat::session::kv_cache(
-        &ctx.config.engine,
-        ctx.dirs.kv_cache(),
-    ));
+    let mut engine = ctx.engine()?;
     let plan = bench::Plan {
         modes: modes.clone(),
         repeat: args.repeat,
@@ -568,7 +564,8 @@ fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
     } else {
         let e = &ctx.config.engine;
         println!(
-            "{} questions x {} modes x {} repeats; target ctx {}, drafter ctx {}, retrieval {},              gamma {}, lookup {}, adaptive {}, eta {}, temp {}, max tokens {}, {} threads{}\n",
+            "{} questions x {} modes x {} repeats; target ctx {}, drafter ctx {}, retrieval {}, \
+             gamma {}, lookup {}, adaptive {}, eta {}, temp {}, max tokens {}, {} threads{}\n",
             tasks.len(),
             modes.len(),
             args.repeat,

@@ -188,3 +188,55 @@ fn a_context_too_large_for_memory_is_a_clear_error() {
     );
     assert!(started.elapsed() < Duration::from_secs(120));
 }
+
+/// A full disk, simulated with a file-size limit on the process (writes past it fail with
+/// EFBIG, as they fail with ENOSPC on a full disk): indexing fails with a clear error naming the
+/// way out, and the next run, with room again, completes with index and manifest agreeing.
+#[test]
+fn a_full_disk_while_indexing_is_a_clear_error_and_loses_nothing() {
+    use std::os::unix::process::CommandExt;
+    let folder = tempfile::tempdir().unwrap();
+    for i in 0..60 {
+        let text: String = (0..400)
+            .map(|j| format!("word{} ", (i * 31 + j) % 997))
+            .collect();
+        std::fs::write(folder.path().join(format!("doc-{i:02}.txt")), text).unwrap();
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let f = folder.path().to_str().unwrap();
+    let mut full = rapid_chat(cache.path());
+    full.args(["index", f]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        full.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 16 * 1024,
+                rlim_max: 16 * 1024,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            Ok(())
+        });
+    }
+    let out = full.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("disk full"),
+        "the error names the way out: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // Room again: the next run completes and agrees with itself.
+    let out = rapid_chat(cache.path())
+        .args(["index", f, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (index, manifest) = index_and_manifest(cache.path(), folder.path());
+    assert_eq!(index, manifest);
+    assert_eq!(manifest.len(), 60);
+}

@@ -48,6 +48,11 @@ pub fn chunk_pages(pages: &[Page], target: usize, count: &dyn Fn(&str) -> usize)
             &mut units,
         );
         for range in pack(&page.text, &units, target, count) {
+            // A long run without boundaries is halved untrimmed: a half may be only whitespace
+            // (found by fuzzing: a run of vertical tabs).
+            if page.text[range.clone()].trim().is_empty() {
+                continue;
+            }
             let text = page.text[range.clone()].to_owned();
             let tokens = count(&text);
             chunks.push(Chunk {

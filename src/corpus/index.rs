@@ -457,10 +457,14 @@ impl Indexer {
 
     /// Makes the index's changes durable, then the manifest that describes them.
     fn commit(&mut self) -> Result<()> {
-        self.writer.commit().context("cannot commit the index")?;
+        const WAY_OUT: &str = "is the disk full? Free some space and run again: what was indexed \
+                               before is kept";
+        self.writer
+            .commit()
+            .with_context(|| format!("cannot commit the index ({WAY_OUT})"))?;
         self.manifest
             .save(&self.dir.join("manifest.json"))
-            .context("cannot save the index manifest")
+            .with_context(|| format!("cannot save the index manifest ({WAY_OUT})"))
     }
 
     fn update_file(

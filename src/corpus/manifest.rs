@@ -62,7 +62,11 @@ impl Manifest {
     pub fn save(&self, path: &Path) -> Result<()> {
         let dir = path.parent().context("manifest path has no folder")?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        serde_json::to_writer(std::io::BufWriter::new(tmp.as_file_mut()), self)?;
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        serde_json::to_writer(&mut w, self)?;
+        // A full disk shows here, not in a buffer dropped with its error ignored.
+        std::io::Write::flush(&mut w)?;
+        drop(w);
         tmp.as_file().sync_all()?;
         tmp.persist(path)
             .with_context(|| format!("cannot write {}", path.display()))?;

@@ -38,6 +38,7 @@ pub struct Context {
     logit_rows: Vec<i32>,
     /// Time spent inside llama.cpp's decode since the context was made.
     busy: Duration,
+    gpu: bool,
 }
 
 impl Context {
@@ -75,7 +76,13 @@ impl Context {
             n_vocab: usize::try_from(model.n_vocab()).unwrap_or(0),
             logit_rows: Vec::new(),
             busy: Duration::ZERO,
+            gpu: spec.gpu,
         })
+    }
+
+    /// Whether its cache lives in GPU memory.
+    pub fn on_gpu(&self) -> bool {
+        self.gpu
     }
 
     /// Size of the context in tokens.

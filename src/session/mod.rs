@@ -33,6 +33,8 @@ pub struct Engine {
     model_id: String,
     /// The target's documents in the last answer (kept for follow-ups while they fit).
     last_view: Vec<prompt::ChunkId>,
+    /// Verification and drafting costs measured so far (the adaptive policy's input).
+    costs: crate::spec::adaptive::Costs,
 }
 
 /// Target prefill done outside the decode loop, before its clock started.
@@ -135,6 +137,7 @@ impl Engine {
             kv: None,
             model_id,
             last_view: Vec::new(),
+            costs: Default::default(),
         })
     }
 
@@ -301,10 +304,13 @@ impl Engine {
         // to the loop's statistics, in the Done event too.
         let mut shared = Shared::default();
         // Lookups and adaptation belong to rapid mode; the other modes are the baselines it is
-        // measured against (vanilla SD drafts a fixed γ with the drafter model).
+        // measured against (vanilla SD drafts a fixed γ with the drafter model). Knowledge
+        // transfer (η > 0) needs the drafter's distribution at every position, which lookups and
+        // plain steps do not have: then the drafter drafts every round.
+        let speed_only = settings.mode == Mode::Rapid && settings.params.eta <= 0.0;
         let params = &Params {
-            lookup: settings.params.lookup && settings.mode == Mode::Rapid,
-            adaptive: settings.params.adaptive && settings.mode == Mode::Rapid,
+            lookup: settings.params.lookup && speed_only,
+            adaptive: settings.params.adaptive && speed_only,
             ..settings.params.clone()
         };
         if settings.mode != Mode::Rag {
@@ -337,12 +343,24 @@ impl Engine {
             other => sink(other),
         };
         let mut output = match settings.mode {
-            Mode::Ar => {
-                decode::generate(model, &mut self.target, &prompts.target, None, params, sink)?
-            }
-            Mode::Rag => {
-                decode::generate(model, &mut self.drafter, &prompts.draft, None, params, sink)?
-            }
+            Mode::Ar => decode::generate(
+                model,
+                &mut self.target,
+                &prompts.target,
+                None,
+                params,
+                &mut self.costs,
+                sink,
+            )?,
+            Mode::Rag => decode::generate(
+                model,
+                &mut self.drafter,
+                &prompts.draft,
+                None,
+                params,
+                &mut self.costs,
+                sink,
+            )?,
             Mode::Rapid | Mode::Sd => {
                 // Vanilla SD's drafter reads the target's own prompt.
                 let draft_prompt = if settings.mode == Mode::Sd {
@@ -362,6 +380,7 @@ impl Engine {
                     &prompts.target,
                     Some(drafter),
                     params,
+                    &mut self.costs,
                     sink,
                 )?
             }

@@ -45,6 +45,8 @@ const DECAY: f64 = 0.95;
 /// A drafter not used for this many rounds is tried once with a short draft (when nearly worth
 /// it), so that its estimate can recover when the text changes.
 const EXPLORE_AFTER: usize = 32;
+/// How much more a draft must promise than a plain step to be taken.
+const MARGIN: f64 = 1.05;
 /// Lookups whose match is shorter than this are not used without adaptation.
 const FIXED_MIN_MATCH: usize = 3;
 
@@ -84,6 +86,13 @@ struct Mean {
 
 impl Mean {
     fn record(&mut self, x: f64) {
+        // One slow outlier (a GPU's first batch of a new shape, a busy machine) must not decide
+        // for long: it counts as at most three times the current value.
+        let x = if self.n > 0.0 {
+            x.min(3.0 * self.value)
+        } else {
+            x
+        };
         self.n = self.n * DECAY + 1.0;
         self.value += (x - self.value) / self.n;
     }
@@ -93,8 +102,8 @@ impl Mean {
     }
 }
 
-/// The time to verify `g` tokens in one batch, measured per `g`, interpolated linearly
-/// (`a + b·(g − 1)`, least squares over the measured sizes) where a size was not measured yet.
+/// The time to verify `g` tokens in one batch, measured per `g`; a size not measured yet is
+/// interpolated linearly between its measured neighbours (extrapolated from the two largest).
 #[derive(Debug, Clone, Default)]
 struct VerifyCost {
     by_size: Vec<Mean>,
@@ -110,34 +119,71 @@ impl VerifyCost {
 
     /// The estimated time of a batch of `g`, or None before any measurement.
     fn estimate(&self, g: usize) -> Option<f64> {
-        if let Some(m) = self.by_size.get(g).filter(|m| m.n >= 1.5) {
-            return m.get();
-        }
-        let points: Vec<(f64, f64)> = self
+        let measured: Vec<(f64, f64)> = self
             .by_size
             .iter()
             .enumerate()
-            .filter_map(|(g, m)| m.get().map(|t| ((g - 1) as f64, t)))
+            .filter_map(|(s, m)| m.get().map(|t| (s as f64, t)))
             .collect();
-        let (a, b) = match points.as_slice() {
+        let x = g as f64;
+        if let Some(&(_, t)) = measured.iter().find(|p| p.0 == x) {
+            return Some(t);
+        }
+        let (p, q) = match measured.as_slice() {
             [] => return None,
             // One size measured: assume each extra token costs 40% of a step (a CPU-like
             // guess; measurements replace it).
-            [(x, t)] => {
-                let a = t / (1.0 + 0.4 * x);
-                (a, 0.4 * a)
+            [(s, t)] => {
+                let a = t / (1.0 + 0.4 * (s - 1.0));
+                return Some(a * (1.0 + 0.4 * (x - 1.0)));
             }
-            _ => {
-                let n = points.len() as f64;
-                let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
-                let my = points.iter().map(|p| p.1).sum::<f64>() / n;
-                let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-                let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-                let b = (sxy / sxx).max(0.0);
-                (my - b * mx, b)
+            all => {
+                let n = all.len();
+                let above = all.iter().position(|p| p.0 > x).unwrap_or(n);
+                match above {
+                    0 => (all[0], all[1]),
+                    a if a == n => (all[n - 2], all[n - 1]),
+                    a => (all[a - 1], all[a]),
+                }
             }
         };
-        Some((a + b * (g - 1) as f64).max(1e-6))
+        let slope = ((q.1 - p.1) / (q.0 - p.0)).max(0.0);
+        Some((p.1 + slope * (x - p.0)).max(1e-6))
+    }
+}
+
+/// What the policy measured, kept across answers (the engine holds it): the verification time
+/// per batch size, the drafter's step time, and the acceptance rates of the drafter and of
+/// lookups by match length (a session's text keeps its character from one answer to the next).
+#[derive(Debug, Clone)]
+pub struct Costs {
+    verify: VerifyCost,
+    draft_step: Mean,
+    model: Rate,
+    /// By match length, for matches in the prompt, then for matches in the answer.
+    lookup: [Rate; 8],
+}
+
+impl Default for Costs {
+    fn default() -> Self {
+        Self {
+            verify: VerifyCost::default(),
+            draft_step: Mean::default(),
+            model: Rate::prior(0.6),
+            lookup: [0.3, 0.5, 0.6, 0.75, 0.4, 0.6, 0.8, 0.9].map(Rate::prior),
+        }
+    }
+}
+
+impl Costs {
+    /// Whether enough batch sizes are measured to choose drafts (else: calibrate first).
+    pub fn calibrated(&self) -> bool {
+        self.verify.by_size.iter().filter(|m| m.n > 0.0).count() >= 3
+    }
+
+    /// Records the time of a verification of `g` tokens.
+    pub fn record_verify(&mut self, g: usize, t: Duration) {
+        self.verify.record(g, t.as_secs_f64());
     }
 }
 
@@ -149,14 +195,17 @@ pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
     (1.0 - alpha.powi(i32::try_from(k + 1).unwrap_or(i32::MAX))) / (1.0 - alpha)
 }
 
-/// Lookup acceptance is tracked per match length: 2, 3, 4-7, 8 and more tokens.
-fn bucket(match_len: usize) -> usize {
-    match match_len {
+/// Lookup acceptance is tracked per match length (2, 3, 4-7, 8 and more tokens) and by where
+/// the match is: the prompt's documents, or the answer itself (a model repeating itself keeps
+/// doing so, a quote may end any time).
+fn bucket(match_len: usize, in_answer: bool) -> usize {
+    let by_len = match match_len {
         0..=2 => 0,
         3 => 1,
         4..=7 => 2,
         _ => 3,
-    }
+    };
+    by_len + 4 * usize::from(in_answer)
 }
 
 /// What a round may draft from.
@@ -168,19 +217,17 @@ pub struct Options {
     pub model_max: usize,
     /// Tokens the drafter must decode before its first draft (1 when it is caught up).
     pub model_behind: usize,
+    /// Whether the lookup's match is in the answer itself.
+    pub lookup_in_answer: bool,
 }
 
 /// The per-answer drafting policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
     adaptive: bool,
-    verify: VerifyCost,
-    /// Time of one drafter step.
-    draft_step: Mean,
+    costs: Costs,
     /// A drafter step's cost relative to a target step until one is measured.
     draft_cost_hint: f64,
-    model: Rate,
-    lookup: [Rate; 4],
     /// Rounds since the drafter was last used.
     idle: usize,
 }
@@ -192,20 +239,38 @@ impl Policy {
     pub fn new(adaptive: bool, draft_cost_hint: f64) -> Self {
         Self {
             adaptive,
-            verify: VerifyCost::default(),
-            draft_step: Mean::default(),
+            costs: Costs::default(),
             draft_cost_hint: draft_cost_hint.clamp(0.01, 1.0),
-            model: Rate::prior(0.6),
-            lookup: [0.3, 0.5, 0.7, 0.85].map(Rate::prior),
             idle: 0,
         }
+    }
+
+    /// Starts from costs measured before (by an earlier answer or a calibration).
+    pub fn with_costs(mut self, costs: Costs) -> Self {
+        self.costs = costs;
+        self
+    }
+
+    /// The costs, to keep for the next answer.
+    pub fn costs(&self) -> &Costs {
+        &self.costs
+    }
+
+    /// Records a calibration measurement: `g` tokens verified in `t`.
+    pub fn record_verify(&mut self, g: usize, t: Duration) {
+        self.costs.record_verify(g, t);
     }
 
     /// The plan for the next round.
     pub fn choose(&mut self, opts: Options) -> Choice {
         let lookup = opts.lookup.filter(|&(_, avail)| avail > 0);
         let choice = if self.adaptive {
-            self.best(lookup, opts.model_max, opts.model_behind.max(1))
+            self.best(
+                lookup,
+                opts.lookup_in_answer,
+                opts.model_max,
+                opts.model_behind.max(1),
+            )
         } else if let Some((_, avail)) = lookup.filter(|&(len, _)| len >= FIXED_MIN_MATCH) {
             Choice {
                 source: Source::Lookup,
@@ -227,12 +292,20 @@ impl Policy {
         choice
     }
 
-    fn best(&self, lookup: Option<(usize, usize)>, model_max: usize, behind: usize) -> Choice {
+    fn best(
+        &self,
+        lookup: Option<(usize, usize)>,
+        in_answer: bool,
+        model_max: usize,
+        behind: usize,
+    ) -> Choice {
         // Until a plain step has been timed there is nothing to compare with: take one.
-        let Some(t1) = self.verify.estimate(1) else {
+        let Some(t1) = self.costs.verify.estimate(1) else {
             return Choice::NONE;
         };
-        let plain = 1.0 / t1;
+        // A draft must promise clearly more than a plain step: the estimates are noisy, and a
+        // wrong guess costs more than a plain step.
+        let plain = MARGIN / t1;
         let mut best = (plain, Choice::NONE);
         let mut model_best = 0.0f64;
         let mut consider = |rate: f64, choice: Choice| {
@@ -244,9 +317,9 @@ impl Policy {
             }
         };
         if let Some((len, avail)) = lookup {
-            let alpha = self.lookup[bucket(len)].alpha();
+            let alpha = self.costs.lookup[bucket(len, in_answer)].alpha();
             for k in 1..=avail {
-                if let Some(t) = self.verify.estimate(k + 1) {
+                if let Some(t) = self.costs.verify.estimate(k + 1) {
                     let choice = Choice {
                         source: Source::Lookup,
                         k,
@@ -256,13 +329,17 @@ impl Policy {
             }
         }
         if model_max > 0 {
-            let alpha = self.model.alpha();
-            let td = self.draft_step.get().unwrap_or(t1 * self.draft_cost_hint);
+            let alpha = self.costs.model.alpha();
+            let td = self
+                .costs
+                .draft_step
+                .get()
+                .unwrap_or(t1 * self.draft_cost_hint);
             // The first draft comes with the catch-up batch, which costs like a verification of
             // that size on the drafter; each further draft is one drafter step.
-            let catch_up = td * self.verify.estimate(behind).map_or(1.0, |t| t / t1);
+            let catch_up = td * self.costs.verify.estimate(behind).map_or(1.0, |t| t / t1);
             for k in 1..=model_max {
-                if let Some(t) = self.verify.estimate(k + 1) {
+                if let Some(t) = self.costs.verify.estimate(k + 1) {
                     let choice = Choice {
                         source: Source::Model,
                         k,
@@ -294,18 +371,19 @@ impl Policy {
     /// `accepted` of them, whether one was rejected, and the measured times.
     pub fn record(&mut self, round: Round) {
         let g = round.drafted + 1;
-        self.verify.record(g, round.t_verify.as_secs_f64());
+        self.costs.verify.record(g, round.t_verify.as_secs_f64());
         match round.source {
             Source::None => {}
             Source::Lookup => {
-                self.lookup[bucket(round.match_len)].record(round.accepted, round.rejected);
+                self.costs.lookup[bucket(round.match_len, round.lookup_in_answer)]
+                    .record(round.accepted, round.rejected);
             }
             Source::Model => {
                 if let Some(step) = round.t_draft_step {
-                    self.draft_step.record(step.as_secs_f64());
+                    self.costs.draft_step.record(step.as_secs_f64());
                 }
                 if round.drafted > 0 {
-                    self.model.record(round.accepted, round.rejected);
+                    self.costs.model.record(round.accepted, round.rejected);
                 }
             }
         }
@@ -313,15 +391,22 @@ impl Policy {
 
     /// Scores a lookup proposal the round did not use against the tokens it produced: how many
     /// of its first tokens agreed, and whether one disagreed.
-    pub fn observe_lookup(&mut self, match_len: usize, agreed: usize, disagreed: bool) {
-        self.lookup[bucket(match_len)].record(agreed, disagreed);
+    pub fn observe_lookup(
+        &mut self,
+        match_len: usize,
+        in_answer: bool,
+        agreed: usize,
+        disagreed: bool,
+    ) {
+        self.costs.lookup[bucket(match_len, in_answer)].record(agreed, disagreed);
     }
 
     /// The best speed-up over plain steps that drafts could give if they were free and always
     /// accepted: the most of `g · t(1) / t(g)` over the batch sizes measured.
     pub fn ceiling(&self) -> Option<f64> {
-        let t1 = self.verify.by_size.get(1)?.get()?;
-        self.verify
+        let t1 = self.costs.verify.by_size.get(1)?.get()?;
+        self.costs
+            .verify
             .by_size
             .iter()
             .enumerate()
@@ -335,6 +420,7 @@ impl Policy {
 pub struct Round {
     pub source: Source,
     pub match_len: usize,
+    pub lookup_in_answer: bool,
     pub drafted: usize,
     pub accepted: usize,
     pub rejected: bool,
@@ -356,6 +442,7 @@ mod tests {
         Round {
             source,
             match_len: len,
+            lookup_in_answer: false,
             drafted,
             accepted,
             rejected: accepted < drafted,
@@ -410,12 +497,14 @@ mod tests {
             lookup: None,
             model_max: 6,
             model_behind: 1,
+            lookup_in_answer: false,
         });
         assert_eq!(c.source, Source::None);
         let c = p.choose(Options {
             lookup: Some((9, 16)),
             model_max: 6,
             model_behind: 1,
+            lookup_in_answer: false,
         });
         assert_eq!(c.source, Source::Lookup);
         assert!(c.k >= 3, "{c:?}");
@@ -435,7 +524,7 @@ mod tests {
         assert_eq!(p.choose(opts).source, Source::None);
         // Plain steps that produced what the declined lookups proposed.
         for _ in 0..20 {
-            p.observe_lookup(5, 1, false);
+            p.observe_lookup(5, false, 1, false);
         }
         assert_eq!(p.choose(opts).source, Source::Lookup);
     }
@@ -445,6 +534,7 @@ mod tests {
         let opts = Options {
             model_max: 4,
             model_behind: 1,
+            lookup_in_answer: false,
             ..Options::default()
         };
         let count = |p: &mut Policy| {
@@ -499,6 +589,7 @@ mod tests {
             lookup: None,
             model_max: 6,
             model_behind: behind,
+            lookup_in_answer: false,
         };
         let c = p.choose(opts(1));
         assert_eq!(c.source, Source::Model, "{c:?}");
@@ -519,6 +610,7 @@ mod tests {
             lookup: Some((5, 4)),
             model_max: 6,
             model_behind: 1,
+            lookup_in_answer: false,
         });
         assert_eq!(
             c,
@@ -531,6 +623,7 @@ mod tests {
             lookup: Some((2, 4)),
             model_max: 6,
             model_behind: 1,
+            lookup_in_answer: false,
         });
         assert_eq!(
             c,

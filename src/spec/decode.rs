@@ -14,7 +14,7 @@ use llama_cpp_2::token::LlamaToken;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::adaptive::{self, Policy, Source};
+use super::adaptive::{self, Costs, Policy, Source};
 use super::lookup::Lookup;
 use super::sampling::{
     accept, argmax_margin, max_prob, residual, sample, softmax, target_distribution, top_p,
@@ -78,6 +78,7 @@ pub fn generate(
     prompt: &[LlamaToken],
     mut drafter: Option<Drafter<'_>>,
     params: &Params,
+    costs: &mut Costs,
     sink: &mut dyn FnMut(Event) -> Flow,
 ) -> Result<Output> {
     anyhow::ensure!(!prompt.is_empty(), "empty prompt");
@@ -131,7 +132,11 @@ pub fn generate(
     let mut policy = Policy::new(
         params.adaptive,
         drafter.as_ref().map_or(1.0, |d| d.cost_hint),
-    );
+    )
+    .with_costs(std::mem::take(costs));
+    if params.adaptive && !cancelled && !policy.costs().calibrated() {
+        calibrate(target, prompt[prompt.len() - 1], params, &mut policy)?;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut generated: Vec<LlamaToken> = Vec::new();
     let mut out_tokens: Vec<GenToken> = Vec::new();
@@ -164,6 +169,7 @@ pub fn generate(
             lookup: proposal.as_ref().map(|p| (p.match_len, p.tokens.len())),
             model_max,
             model_behind,
+            lookup_in_answer: proposal.as_ref().is_some_and(|p| p.in_answer),
         });
         // Lookups carry no drafter distribution: their rounds verify against the target's own
         // p (no transfer), with the draft as a point mass where sampling needs a q.
@@ -215,21 +221,33 @@ pub fn generate(
         let mut accepted = 0;
         for i in 0..=drafts.len() {
             let z = target.logits(i);
-            let (_, margin) = argmax_margin(z);
+            let (argmax, margin) = argmax_margin(z);
             let q = qs.get(i).map(Vec::as_slice);
+            // Greedy without transfer takes the argmax just computed.
+            let plain_greedy =
+                params.greedy() && (params.eta <= 0.0 || q.is_none_or(<[f32]>::is_empty));
             if i == drafts.len() {
                 let kind = if drafts.is_empty() {
                     TokenKind::Target
                 } else {
                     TokenKind::Bonus
                 };
-                emitted.push((pick(z, q, params, &mut rng), kind, margin));
+                let choice = if plain_greedy {
+                    index_token(argmax)
+                } else {
+                    pick(z, q, params, &mut rng)
+                };
+                emitted.push((choice, kind, margin));
                 break;
             }
             let d = drafts[i];
             let q = q.unwrap_or(&[]);
             let ok = if params.greedy() {
-                let choice = pick(z, Some(q), params, &mut rng);
+                let choice = if plain_greedy {
+                    index_token(argmax)
+                } else {
+                    pick(z, Some(q), params, &mut rng)
+                };
                 if choice == d {
                     true
                 } else {
@@ -273,6 +291,7 @@ pub fn generate(
         policy.record(adaptive::Round {
             source,
             match_len: proposal.as_ref().map_or(0, |p| p.match_len),
+            lookup_in_answer: proposal.as_ref().is_some_and(|p| p.in_answer),
             drafted: drafts.len(),
             accepted,
             rejected: accepted < drafts.len(),
@@ -336,6 +355,7 @@ pub fn generate(
                 .count();
             policy.observe_lookup(
                 p.match_len,
+                p.in_answer,
                 agreed,
                 agreed < produced.len().min(p.tokens.len()),
             );
@@ -400,6 +420,7 @@ pub fn generate(
     .as_secs_f64();
     stats.cancelled = cancelled;
     stats.ceiling = policy.ceiling().unwrap_or(0.0);
+    *costs = policy.costs().clone();
     let answer: String = out_tokens.iter().map(|t| t.text.as_str()).collect();
     sink(Event::Done(stats.clone()));
     Ok(Output {
@@ -408,6 +429,44 @@ pub fn generate(
         text: answer,
         stats,
     })
+}
+
+/// Measures the target's verification time for a few batch sizes, once per engine, so that the
+/// policy's first choices rest on this machine's costs rather than a guess (on a GPU a batch
+/// shape's first decode is slow: each is run once before it is timed). The batches are rolled
+/// back: the cache is as before.
+fn calibrate(
+    target: &mut Context,
+    pending: LlamaToken,
+    params: &Params,
+    policy: &mut Policy,
+) -> Result<()> {
+    let mut sizes = vec![1, 2, 4, 8, 16, params.gamma + 1];
+    if params.lookup {
+        sizes.push(params.lookup_max + 1);
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    let base = target.tokens().len();
+    sizes.retain(|&g| base + g <= target.n_ctx());
+    let passes = if target.on_gpu() { 2 } else { 1 };
+    for pass in 0..passes {
+        for &g in &sizes {
+            // Timed as a round verifies: the batch, then the argmax at every position.
+            let started = Instant::now();
+            target.decode_all(&vec![pending; g])?;
+            for i in 0..g {
+                std::hint::black_box(argmax_margin(target.logits(i)));
+            }
+            let t = started.elapsed();
+            target.truncate(base)?;
+            if pass + 1 == passes {
+                policy.record_verify(g, t);
+            }
+        }
+    }
+    tracing::debug!(?sizes, passes, "verification costs calibrated");
+    Ok(())
 }
 
 /// A model draft.

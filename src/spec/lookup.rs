@@ -17,6 +17,8 @@ const MAX_MATCH: usize = 32;
 pub struct Proposal {
     /// How many recent tokens the match covers (at least 2).
     pub match_len: usize,
+    /// Whether the match is in the answer itself (a repetition) rather than the prompt.
+    pub in_answer: bool,
     pub tokens: Vec<LlamaToken>,
 }
 
@@ -25,6 +27,8 @@ pub struct Lookup {
     hay: Vec<LlamaToken>,
     /// Where the live sequence starts in `hay` (before it: the retrieved chunks).
     live: usize,
+    /// Where the answer starts (after the prompt).
+    answer: usize,
     pairs: HashMap<(i32, i32), Vec<u32>>,
 }
 
@@ -35,6 +39,7 @@ impl Lookup {
         let mut me = Self {
             hay: Vec::with_capacity(extra.len() + seq.len() + 1024),
             live: 0,
+            answer: 0,
             pairs: HashMap::with_capacity(extra.len() + seq.len()),
         };
         for &t in extra {
@@ -44,6 +49,7 @@ impl Lookup {
         for &t in seq {
             me.push(t);
         }
+        me.answer = me.hay.len();
         me
     }
 
@@ -99,7 +105,11 @@ impl Lookup {
                 }
             })
             .collect();
-        Some(Proposal { match_len, tokens })
+        Some(Proposal {
+            match_len,
+            in_answer: p >= self.answer + 2,
+            tokens,
+        })
     }
 }
 
@@ -147,6 +157,22 @@ mod tests {
         // The extra text alone never proposes for its own end.
         let only = Lookup::new(&toks(&[1, 2, 3, 1, 2]), &[]);
         assert_eq!(only.propose(2), None);
+    }
+
+    #[test]
+    fn says_whether_the_match_is_in_the_answer() {
+        let mut l = Lookup::new(&[], &toks(&[7, 8, 9, 1]));
+        for t in [7, 8] {
+            l.push(LlamaToken(t));
+        }
+        assert!(!l.propose(1).unwrap().in_answer, "7 8 is in the prompt");
+        let mut l = Lookup::new(&[], &toks(&[1, 2, 3]));
+        for t in [5, 6, 9, 5, 6] {
+            l.push(LlamaToken(t));
+        }
+        let p = l.propose(1).unwrap();
+        assert!(p.in_answer, "5 6 repeats the answer");
+        assert_eq!(p.tokens, toks(&[9]));
     }
 
     #[test]

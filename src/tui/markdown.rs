@@ -35,11 +35,17 @@ pub fn kind_style(kind: TokenKind, palette: Option<&Palette>) -> Style {
 
 /// Styled lines of `tokens`, wrapped at `width` columns.
 pub fn render(tokens: &[GenToken], palette: Option<&Palette>, width: usize) -> Vec<Line<'static>> {
-    let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+    // Control characters become U+FFFD first: visible, one cell wide, never sent to the terminal
+    // (and wrapping counts the width the terminal shows).
+    let texts: Vec<_> = tokens
+        .iter()
+        .map(|t| crate::safe_text::neutralize(&t.text))
+        .collect();
+    let text: String = texts.iter().map(|t| t.as_ref()).collect();
     let mut styles: Vec<Style> = Vec::with_capacity(text.len());
-    for t in tokens {
+    for (t, shown) in tokens.iter().zip(&texts) {
         let s = kind_style(t.kind, palette);
-        styles.extend(std::iter::repeat_n(s, t.text.len()));
+        styles.extend(std::iter::repeat_n(s, shown.len()));
     }
     let mut hidden = vec![false; text.len()];
     overlay_markdown(&text, &mut styles, &mut hidden);
@@ -48,8 +54,9 @@ pub fn render(tokens: &[GenToken], palette: Option<&Palette>, width: usize) -> V
 
 /// Plain text (questions, notices) wrapped with one style.
 pub fn plain(text: &str, style: Style, width: usize) -> Vec<Line<'static>> {
+    let text = crate::safe_text::neutralize(text);
     wrap_styled(
-        text,
+        &text,
         &vec![style; text.len()],
         &vec![false; text.len()],
         width,
