@@ -47,8 +47,11 @@ pub struct Entry {
     pub stats: Option<Stats>,
     pub sources: Vec<Source>,
     pub view: Option<View>,
-    /// Accepted drafts per verification round, for the sparkline.
+    /// Accepted drafts per round that drafted, for the sparkline.
     pub rounds: Vec<u64>,
+    /// Rounds so far, plain target steps included (live tokens per round while streaming).
+    #[serde(default)]
+    pub round_count: usize,
     /// Files re-indexed while this answer was being written.
     pub index_changed: bool,
     /// Seconds of drafting and verifying so far (live tokens/s while streaming).
@@ -341,6 +344,7 @@ impl App {
                 ..
             } => {
                 if let Some(last) = self.streaming() {
+                    last.round_count += 1;
                     // The sparkline shows drafts; plain target steps have none.
                     if drafted > 0 {
                         last.rounds.push(accepted as u64);
@@ -605,6 +609,7 @@ impl App {
             sources: Vec::new(),
             view: None,
             rounds: Vec::new(),
+            round_count: 0,
             index_changed: false,
             decode_s: 0.0,
         });

@@ -469,7 +469,7 @@ fn live_stats(e: &Entry) -> (usize, usize, usize, usize) {
         e.tokens.len(),
         accepted + corrected,
         accepted,
-        e.rounds.len(),
+        e.round_count,
     )
 }
 
