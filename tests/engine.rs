@@ -26,7 +26,9 @@ fn engine() -> std::sync::MutexGuard<'static, Engine> {
 
 fn engine_config() -> EngineConfig {
     EngineConfig {
-        ctx: 4608,
+        // With the conversation's reserve (an eighth) the documents and the question still take
+        // over 4K tokens.
+        ctx: 5120,
         draft_ctx: 1536,
         retrieval_budget: 1024,
         max_tokens: 64,
@@ -397,7 +399,7 @@ fn cancel_during_prefill_stops_before_any_token() {
 #[test]
 fn a_question_longer_than_the_context_and_an_empty_corpus_are_clear_errors() {
     let mut engine = engine();
-    let long = "Explain the licence terms again and again. ".repeat(600);
+    let long = "Explain the licence terms again and again. ".repeat(1200);
     let err = engine
         .answer(
             demo_index(),
