@@ -122,10 +122,6 @@ pub fn generate(
             .prefill(&d.prompt[..d.prompt.len() - 1], &mut prefill_progress)?;
     }
     cancelled |= stopped.get();
-    stats.prefill_s = started.elapsed().as_secs_f64();
-    let decode_started = Instant::now();
-    let busy_before = target.busy() + drafter.as_ref().map_or(Duration::ZERO, |d| d.ctx.busy());
-
     let mut lookup = params
         .lookup
         .then(|| Lookup::new(drafter.as_ref().map_or(&[][..], |d| d.prompt), prompt));
@@ -134,9 +130,13 @@ pub fn generate(
         drafter.as_ref().map_or(1.0, |d| d.cost_hint),
     )
     .with_costs(std::mem::take(costs));
+    // Once per engine; counted with the prefill (before the first token), not the decoding.
     if params.adaptive && !cancelled && !policy.costs().calibrated() {
         calibrate(target, prompt[prompt.len() - 1], params, &mut policy)?;
     }
+    stats.prefill_s = started.elapsed().as_secs_f64();
+    let decode_started = Instant::now();
+    let busy_before = target.busy() + drafter.as_ref().map_or(Duration::ZERO, |d| d.ctx.busy());
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut generated: Vec<LlamaToken> = Vec::new();
     let mut out_tokens: Vec<GenToken> = Vec::new();
