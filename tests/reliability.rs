@@ -46,6 +46,23 @@ fn index_and_manifest(
     (index, manifest)
 }
 
+/// Runs `index` on `folder` to the end, then checks that index and manifest agree on all
+/// `n_files` files.
+fn index_completes(cache: &std::path::Path, folder: &std::path::Path, n_files: usize) {
+    let out = rapid_chat(cache)
+        .args(["index", folder.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (index, manifest) = index_and_manifest(cache, folder);
+    assert_eq!(index, manifest);
+    assert_eq!(manifest.len(), n_files);
+}
+
 #[test]
 fn killed_while_indexing_the_next_start_recovers_with_index_and_manifest_agreeing() {
     let folder = tempfile::tempdir().unwrap();
@@ -87,18 +104,7 @@ fn killed_while_indexing_the_next_start_recovers_with_index_and_manifest_agreein
     }
     assert!(killed_mid_pass >= 1, "no kill landed during indexing");
     // The next start finishes the job.
-    let out = rapid_chat(cache.path())
-        .args(["index", folder.path().to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (index, manifest) = index_and_manifest(cache.path(), folder.path());
-    assert_eq!(index, manifest);
-    assert_eq!(manifest.len(), n_files);
+    index_completes(cache.path(), folder.path(), n_files);
     let out = rapid_chat(cache.path())
         .args([
             "search",
@@ -227,16 +233,5 @@ fn a_full_disk_while_indexing_is_a_clear_error_and_loses_nothing() {
     );
     assert!(!err.contains("panicked"), "{err}");
     // Room again: the next run completes and agrees with itself.
-    let out = rapid_chat(cache.path())
-        .args(["index", f, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (index, manifest) = index_and_manifest(cache.path(), folder.path());
-    assert_eq!(index, manifest);
-    assert_eq!(manifest.len(), 60);
+    index_completes(cache.path(), folder.path(), 60);
 }
