@@ -328,6 +328,9 @@ pub struct Summary {
     /// Median over runs of the speed-up free, always-accepted drafts could give (the
     /// verification cost curve measured in the run).
     pub ceiling: Option<f64>,
+    /// Median over runs of the median plain target step, in milliseconds (steady state: a
+    /// first step's warm-up does not count).
+    pub ms_plain_step: Option<f64>,
 }
 
 /// Per-mode summaries, in the plan's mode order.
@@ -385,6 +388,12 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
                         .filter(|&c| c > 1.0)
                         .collect(),
                 ),
+                ms_plain_step: median(
+                    rs.iter()
+                        .map(|r| r.stats.plain_step_s * 1e3)
+                        .filter(|&t| t > 0.0)
+                        .collect(),
+                ),
             }
         })
         .collect()
@@ -432,6 +441,11 @@ pub fn markdown(summaries: &[Summary]) -> String {
             "\nCold prefill of a question (both contexts, median): {:.2} s.",
             p.cold_prefill_s_median
         );
+    }
+    for s in summaries.iter().filter(|s| s.mode == Mode::Ar) {
+        if let Some(t) = s.ms_plain_step {
+            let _ = writeln!(out, "AR step (median): {t:.2} ms.");
+        }
     }
     for s in summaries
         .iter()

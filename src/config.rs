@@ -100,6 +100,9 @@ pub struct EngineConfig {
     /// Choose each round's draft (lookup, drafter, or none) and its length from measured costs
     /// and acceptance (rapid mode); off: the paper's fixed γ.
     pub adaptive: bool,
+    /// With lookups: every round decodes exactly this many tokens, padded (0: each round its
+    /// draft alone). For GPUs, where a changing batch shape rebuilds llama.cpp's CUDA graph.
+    pub verify_batch: usize,
     /// Drafting stops early when the drafter's top probability falls below this.
     pub draft_confidence: f32,
     /// Knowledge-transfer strength (0 = plain speculative decoding).
@@ -134,6 +137,7 @@ impl Default for EngineConfig {
             lookup: true,
             lookup_max: 16,
             adaptive: true,
+            verify_batch: 0,
             draft_confidence: 0.3,
             eta: 0.0,
             temp: 0.0,
@@ -175,7 +179,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let c = &self.corpus;
         let e = &self.engine;
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 12] = [
             (
                 c.chunk_tokens >= 16,
                 "corpus.chunk_tokens must be at least 16",
@@ -201,6 +205,10 @@ impl Config {
             (
                 e.lookup_max >= 1 && e.lookup_max <= 64,
                 "engine.lookup_max must be between 1 and 64",
+            ),
+            (
+                e.verify_batch != 1 && e.verify_batch <= 64,
+                "engine.verify_batch must be 0 (off) or between 2 and 64",
             ),
             (
                 e.eta >= 0.0 && e.eta.is_finite(),

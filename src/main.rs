@@ -120,6 +120,10 @@ struct BenchArgs {
     /// Print JSON: a summary per mode and a record per run.
     #[arg(long)]
     json: bool,
+    /// Never stop at end-of-generation: every answer runs to --max-tokens (for timing models
+    /// whose text means nothing, such as synthetic weights).
+    #[arg(long)]
+    ignore_eos: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -140,6 +144,9 @@ struct EngineArgs {
     /// Largest draft per round.
     #[arg(long)]
     gamma: Option<usize>,
+    /// With lookups, decode exactly this many tokens every round (0 = off; try 8 on a GPU).
+    #[arg(long)]
+    verify_batch: Option<usize>,
     /// Knowledge-transfer strength (0 = plain speculative decoding).
     #[arg(long)]
     eta: Option<f32>,
@@ -173,6 +180,7 @@ impl EngineArgs {
             top_p,
             seed,
             gamma,
+            verify_batch,
             eta,
             max_tokens,
             ctx,
@@ -532,10 +540,12 @@ fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
         }
     }
     let mut engine = ctx.engine()?;
+    let mut settings = TurnSettings::from_config(&ctx.config.engine)?;
+    settings.params.ignore_eos = args.ignore_eos;
     let plan = bench::Plan {
         modes: modes.clone(),
         repeat: args.repeat,
-        settings: TurnSettings::from_config(&ctx.config.engine)?,
+        settings,
     };
     let total = tasks.len() * modes.len() * args.repeat;
     let mut done = 0;

@@ -107,21 +107,28 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
             "{q}: a real answer: {:?}",
             ar.output.text
         );
-        // RAPID as shipped (lookups + adaptive drafts), lookups with fixed lengths (up to 16
-        // tokens, else the drafter's γ), the paper's RAPID (drafter only, fixed γ), vanilla SD.
-        for (mode, gamma, lookup, adaptive) in [
-            (Mode::Rapid, 4, true, true),
-            (Mode::Rapid, 4, true, false),
-            (Mode::Rapid, 8, false, false),
-            (Mode::Sd, 4, false, false),
+        // RAPID as shipped (lookups + adaptive drafts), lookups verified in a fixed batch of 8
+        // (padded), lookups with fixed lengths (up to 16 tokens, else the drafter's γ), the
+        // paper's RAPID (drafter only, fixed γ), vanilla SD.
+        for (mode, gamma, lookup, adaptive, verify_batch) in [
+            (Mode::Rapid, 4, true, true, 0),
+            (Mode::Rapid, 4, true, true, 8),
+            (Mode::Rapid, 4, true, false, 0),
+            (Mode::Rapid, 8, false, false, 0),
+            (Mode::Sd, 4, false, false, 0),
         ] {
             let mut settings = settings(mode, gamma);
             settings.params.lookup = lookup;
             settings.params.adaptive = adaptive;
+            settings.params.verify_batch = verify_batch;
             let spec = engine
                 .answer(index, &q, &[], &settings, &mut |_| Flow::Continue)
                 .unwrap();
             let s = &spec.output.stats;
+            if verify_batch > 0 {
+                // Every round decodes the batch, drafting a lookup whenever there is one.
+                assert_eq!(s.drafted, s.lookup_drafted, "{s:?}");
+            }
             if !adaptive {
                 // (The adaptive policy may rightly draft little on this CPU.)
                 assert!(
@@ -139,7 +146,7 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
                 assert_eq!(s.lookup_drafted, 0);
             }
             lookup_accepted += s.lookup_accepted;
-            let gamma = format!("{gamma} lookup={lookup} adaptive={adaptive}");
+            let gamma = format!("{gamma} lookup={lookup} adaptive={adaptive} batch={verify_batch}");
             compared += 1;
             if let Some(i) = first_difference(&ar.output.tokens, &spec.output.tokens) {
                 // Identical up to here; at the first difference the target must be near a tie.
@@ -171,6 +178,49 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
     );
     for d in &differences {
         eprintln!("  {d}");
+    }
+}
+
+#[test]
+fn ignore_eos_runs_to_max_tokens_extending_the_answer_and_rapid_still_matches_ar() {
+    let mut engine = engine();
+    let index = demo_index();
+    let mut ar = settings(Mode::Ar, 0);
+    // A question whose answer ends well before the limit (the short ones are last).
+    let (q, normal) = questions()
+        .into_iter()
+        .rev()
+        .find_map(|q| {
+            let a = engine
+                .answer(index, &q, &[], &ar, &mut |_| Flow::Continue)
+                .unwrap();
+            (a.output.end_margin.is_some() && a.output.tokens.len() < 48).then_some((q, a.output))
+        })
+        .expect("a demo answer that ends before 48 tokens");
+    assert!(normal.stats.plain_step_s > 0.0, "{:?}", normal.stats);
+    ar.params.ignore_eos = true;
+    ar.params.max_tokens = 56;
+    let long = engine
+        .answer(index, &q, &[], &ar, &mut |_| Flow::Continue)
+        .unwrap()
+        .output;
+    assert_eq!(long.tokens.len(), 56, "{:?}", long.text);
+    assert_eq!(long.end_margin, None);
+    // Masking the end changes nothing before it.
+    assert_eq!(
+        first_difference(&normal.tokens, &long.tokens[..normal.tokens.len()]),
+        None
+    );
+    let mut rapid = ar.clone();
+    rapid.mode = Mode::Rapid;
+    let fast = engine
+        .answer(index, &q, &[], &rapid, &mut |_| Flow::Continue)
+        .unwrap()
+        .output;
+    assert_eq!(fast.tokens.len(), 56);
+    if let Some(i) = first_difference(&long.tokens, &fast.tokens) {
+        let margin = long.tokens[i].margin.min(fast.tokens[i].margin);
+        assert!(margin < NEAR_TIE, "rapid differs at {i} (margin {margin})");
     }
 }
 

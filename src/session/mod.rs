@@ -97,6 +97,8 @@ impl TurnSettings {
                 lookup: c.lookup,
                 lookup_max: c.lookup_max,
                 adaptive: c.adaptive,
+                ignore_eos: false,
+                verify_batch: c.verify_batch,
             },
             retrieval_budget: c.retrieval_budget,
         })
@@ -311,6 +313,11 @@ impl Engine {
         let params = &Params {
             lookup: settings.params.lookup && speed_only,
             adaptive: settings.params.adaptive && speed_only,
+            verify_batch: if speed_only {
+                settings.params.verify_batch
+            } else {
+                0
+            },
             ..settings.params.clone()
         };
         if settings.mode != Mode::Rag {

@@ -42,6 +42,14 @@ pub struct Params {
     /// Choose each round's draft source and length from measured costs and acceptance;
     /// otherwise lookups of 3+ matching tokens, else the drafter's `gamma` tokens.
     pub adaptive: bool,
+    /// Never end at end-of-generation: the target's choice is the best other token, so every
+    /// answer runs to `max_tokens` (for timing models whose text means nothing; `bench`).
+    pub ignore_eos: bool,
+    /// With lookups: every round decodes exactly this many tokens (the lookup's draft, padded),
+    /// plain rounds included, so the batch shape never changes (0: each round decodes its draft
+    /// alone). On a GPU, llama.cpp rebuilds its CUDA graph whenever the shape changes, which
+    /// costs more than a small fixed batch; with a fixed shape the longest draft is free.
+    pub verify_batch: usize,
 }
 
 impl Params {
@@ -130,8 +138,9 @@ pub fn generate(
         drafter.as_ref().map_or(1.0, |d| d.cost_hint),
     )
     .with_costs(std::mem::take(costs));
+    let fixed_shape = params.lookup && params.verify_batch > 1;
     // Once per engine; counted with the prefill (before the first token), not the decoding.
-    if params.adaptive && !cancelled && !policy.costs().calibrated() {
+    if params.adaptive && !fixed_shape && !cancelled && !policy.costs().calibrated() {
         calibrate(target, prompt[prompt.len() - 1], params, &mut policy)?;
     }
     stats.prefill_s = started.elapsed().as_secs_f64();
@@ -149,14 +158,28 @@ pub fn generate(
         .map(|d| d.prompt.to_vec())
         .unwrap_or_default();
     let (mut draft_time, mut verify_time) = (Duration::ZERO, Duration::ZERO);
+    let mut plain_steps: Vec<f64> = Vec::new();
+    // With `ignore_eos`: the end-of-generation tokens, masked out of the target's logits.
+    let eog: Vec<usize> = if params.ignore_eos {
+        (0..target.n_vocab())
+            .filter(|&i| model.vocab().is_eog(index_token(i)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut masked: Vec<f32> = Vec::new();
 
     'rounds: while !cancelled && generated.len() < params.max_tokens {
         // Draft.
         let t0 = Instant::now();
         let left = params.max_tokens - generated.len();
+        // The fixed batch shape, while the context has room for it.
+        let fixed = Some(params.verify_batch)
+            .filter(|&g| fixed_shape && target.tokens().len() + g <= target.n_ctx());
+        let lookup_max = fixed.map_or(params.lookup_max, |g| g - 1);
         let proposal = lookup
             .as_ref()
-            .and_then(|l| l.propose(params.lookup_max.min(left - 1)));
+            .and_then(|l| l.propose(lookup_max.min(left - 1)));
         // Room for the drafts (and the decode of the last one) in the drafter's context.
         let model_max = drafter.as_ref().map_or(0, |d| {
             let room = d.ctx.n_ctx().saturating_sub(draft_seq.len() + 1);
@@ -165,12 +188,23 @@ pub fn generate(
         let model_behind = drafter.as_ref().map_or(0, |d| {
             draft_seq.len() - crate::llm::context::common_prefix(d.ctx.tokens(), &draft_seq)
         });
-        let choice = policy.choose(adaptive::Options {
-            lookup: proposal.as_ref().map(|p| (p.match_len, p.tokens.len())),
-            model_max,
-            model_behind,
-            lookup_in_answer: proposal.as_ref().is_some_and(|p| p.in_answer),
-        });
+        let choice = match (fixed, proposal.as_ref()) {
+            // The batch costs the same whatever it holds: the whole lookup, or nothing.
+            (Some(_), Some(p)) => adaptive::Choice {
+                source: Source::Lookup,
+                k: p.tokens.len(),
+            },
+            (Some(_), None) => adaptive::Choice {
+                source: Source::None,
+                k: 0,
+            },
+            (None, _) => policy.choose(adaptive::Options {
+                lookup: proposal.as_ref().map(|p| (p.match_len, p.tokens.len())),
+                model_max,
+                model_behind,
+                lookup_in_answer: proposal.as_ref().is_some_and(|p| p.in_answer),
+            }),
+        };
         // Lookups carry no drafter distribution: their rounds verify against the target's own
         // p (no transfer), with the draft as a point mass where sampling needs a q.
         let round_params = Params {
@@ -213,14 +247,29 @@ pub fn generate(
         // Verify [pending, d1..dk] in one batch.
         let t1 = Instant::now();
         let base = target.tokens().len();
-        let mut batch = Vec::with_capacity(drafts.len() + 1);
+        let mut batch = Vec::with_capacity(drafts.len().max(params.verify_batch) + 1);
         batch.push(pending);
         batch.extend_from_slice(&drafts);
+        if let Some(g) = fixed {
+            // Padding after the drafts: causal attention keeps it out of their logits, and the
+            // rollback below removes it with the rejected drafts.
+            batch.resize(g.max(batch.len()), pending);
+        }
         target.decode_all(&batch)?;
         let mut emitted: Vec<(LlamaToken, TokenKind, f32)> = Vec::with_capacity(batch.len());
         let mut accepted = 0;
         for i in 0..=drafts.len() {
-            let z = target.logits(i);
+            let mut z = target.logits(i);
+            if !eog.is_empty() {
+                masked.clear();
+                masked.extend_from_slice(z);
+                for &e in &eog {
+                    if let Some(x) = masked.get_mut(e) {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+                z = &masked;
+            }
             let (argmax, margin) = argmax_margin(z);
             let q = qs.get(i).map(Vec::as_slice);
             // Greedy without transfer takes the argmax just computed.
@@ -278,6 +327,9 @@ pub fn generate(
         let t_verify = t1.elapsed();
         draft_time += t_draft;
         verify_time += t_verify;
+        if drafts.is_empty() {
+            plain_steps.push(t_verify.as_secs_f64());
+        }
         stats.rounds += 1;
         tracing::trace!(
             ?source,
@@ -288,17 +340,20 @@ pub fn generate(
             verify_ms = t_verify.as_secs_f64() * 1e3,
             "round"
         );
-        policy.record(adaptive::Round {
-            source,
-            match_len: proposal.as_ref().map_or(0, |p| p.match_len),
-            lookup_in_answer: proposal.as_ref().is_some_and(|p| p.in_answer),
-            drafted: drafts.len(),
-            accepted,
-            rejected: accepted < drafts.len(),
-            t_draft,
-            t_draft_step,
-            t_verify,
-        });
+        // (A fixed shape's times are not those of its drafts' sizes.)
+        if fixed.is_none() {
+            policy.record(adaptive::Round {
+                source,
+                match_len: proposal.as_ref().map_or(0, |p| p.match_len),
+                lookup_in_answer: proposal.as_ref().is_some_and(|p| p.in_answer),
+                drafted: drafts.len(),
+                accepted,
+                rejected: accepted < drafts.len(),
+                t_draft,
+                t_draft_step,
+                t_verify,
+            });
+        }
 
         // Emit up to end-of-generation or the token limit. The round's statistics count the
         // drafts verified up to there (an accepted end-of-generation draft included).
@@ -345,7 +400,10 @@ pub fn generate(
             }
         }
         // A lookup the round did not use is scored against what the round produced.
-        if let Some(p) = proposal.as_ref().filter(|_| source != Source::Lookup) {
+        if let Some(p) = proposal
+            .as_ref()
+            .filter(|_| source != Source::Lookup && fixed.is_none())
+        {
             let produced = &generated[generated.len() - emitted_n.min(generated.len())..];
             let agreed = p
                 .tokens
@@ -420,6 +478,7 @@ pub fn generate(
     .as_secs_f64();
     stats.cancelled = cancelled;
     stats.ceiling = policy.ceiling().unwrap_or(0.0);
+    stats.plain_step_s = median(&mut plain_steps);
     *costs = policy.costs().clone();
     let answer: String = out_tokens.iter().map(|t| t.text.as_str()).collect();
     sink(Event::Done(stats.clone()));
@@ -429,6 +488,16 @@ pub fn generate(
         text: answer,
         stats,
     })
+}
+
+/// The median (0 for none).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Measures the target's verification time for a few batch sizes, once per engine, so that the

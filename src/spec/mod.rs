@@ -135,6 +135,9 @@ pub struct Stats {
     pub draft_s: f64,
     pub verify_s: f64,
     pub overhead_s: f64,
+    /// The median time of a plain target step (a round without drafts; 0: none): the
+    /// steady-state step time, where the mean would include a first step's warm-up.
+    pub plain_step_s: f64,
     /// The speed-up free, always-accepted drafts could give here: the most of
     /// `g · t(1) / t(g)` over the verification sizes measured (0: none measured).
     pub ceiling: f64,

@@ -744,6 +744,8 @@ mod tests {
                 lookup: true,
                 lookup_max: 16,
                 adaptive: true,
+                ignore_eos: false,
+                verify_batch: 0,
             },
             retrieval_budget: 1024,
         }
