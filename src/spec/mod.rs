@@ -4,6 +4,7 @@
 pub mod adaptive;
 pub mod decode;
 pub mod lookup;
+pub mod replay;
 pub mod sampling;
 
 use std::time::Duration;
