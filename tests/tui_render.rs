@@ -314,3 +314,50 @@ fn hostile_text_never_reaches_the_terminal_as_control_characters() {
     ui::neutralize_buffer(&mut buf);
     assert_eq!(buf[(1, 0)].symbol(), "\u{FFFD}");
 }
+
+/// An answer's context use is shown against the size it had: a conversation saved under larger
+/// contexts must not read "3951/2048" after a restart with smaller ones.
+#[test]
+fn context_use_is_shown_against_the_answers_own_context_size() {
+    let screen = |stats: Stats| {
+        let mut app = app();
+        app.handle(AppEvent::Engine(Reply::Loaded(EngineInfo {
+            target: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            drafter: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            self_speculation: true,
+            gpu: false,
+            gpu_layers: -1,
+            threads: 2,
+            target_ctx: 2048,
+            draft_ctx: 1536,
+        })));
+        type_and_send(&mut app, "what?");
+        app.handle(token("answer", TokenKind::Target));
+        app.handle(AppEvent::Engine(Reply::Event(Event::Done(stats))));
+        let terminal = draw(&app, 120, 30);
+        terminal
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .map(|c| c.symbol())
+            .collect::<String>()
+    };
+    let s = screen(Stats {
+        target_ctx_tokens: 3951,
+        target_n_ctx: 4608,
+        draft_ctx_tokens: 1088,
+        draft_n_ctx: 1536,
+        ..Stats::default()
+    });
+    assert!(s.contains("3951/4608"), "{s}");
+    assert!(s.contains("1088/1536"), "{s}");
+    // Saved before the sizes were kept: no impossible fraction.
+    let s = screen(Stats {
+        target_ctx_tokens: 3951,
+        draft_ctx_tokens: 1088,
+        ..Stats::default()
+    });
+    assert!(s.contains("3951 ") && !s.contains("3951/"), "{s}");
+    assert!(s.contains("1088/1536"), "{s}");
+}

@@ -470,6 +470,8 @@ pub fn generate(
     };
     stats.target_ctx_tokens = target.tokens().len() + 1;
     stats.draft_ctx_tokens = drafter.as_ref().map_or(0, |d| d.ctx.tokens().len());
+    stats.target_n_ctx = target.n_ctx();
+    stats.draft_n_ctx = drafter.as_ref().map_or(0, |d| d.ctx.n_ctx());
     stats.draft_s = draft_time.as_secs_f64();
     stats.verify_s = verify_time.as_secs_f64();
     stats.overhead_s = (decode_started

@@ -132,6 +132,9 @@ pub struct Stats {
     pub decode_tok_s: f64,
     pub target_ctx_tokens: usize,
     pub draft_ctx_tokens: usize,
+    /// The sizes of those contexts (0: no drafter, or an answer saved before they were kept).
+    pub target_n_ctx: usize,
+    pub draft_n_ctx: usize,
     /// Time spent drafting, verifying, and outside llama.cpp during decoding.
     pub draft_s: f64,
     pub verify_s: f64,

@@ -323,13 +323,24 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .engine
         .as_ref()
         .map_or((0, 0), |e| (e.target_ctx, e.draft_ctx));
+    // Used of the size the answer had (a conversation saved under other settings may have used
+    // more than the current size).
+    let used = |used: usize, size: usize, now: usize| match size {
+        0 if used > now => used.to_string(),
+        0 => format!("{used}/{now}"),
+        size => format!("{used}/{size}"),
+    };
     lines.push(kv(
         "target ctx",
-        format!("{}/{}", s.map_or(0, |s| s.target_ctx_tokens), tctx),
+        s.map_or(format!("0/{tctx}"), |s| {
+            used(s.target_ctx_tokens, s.target_n_ctx, tctx)
+        }),
     ));
     lines.push(kv(
         "draft ctx",
-        format!("{}/{}", s.map_or(0, |s| s.draft_ctx_tokens), dctx),
+        s.map_or(format!("0/{dctx}"), |s| {
+            used(s.draft_ctx_tokens, s.draft_n_ctx, dctx)
+        }),
     ));
     if let Some(v) = last.and_then(|e| e.view.as_ref()) {
         lines.push(kv(
