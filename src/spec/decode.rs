@@ -252,7 +252,8 @@ pub fn generate(
         batch.extend_from_slice(&drafts);
         if let Some(g) = fixed {
             // Padding after the drafts: causal attention keeps it out of their logits, and the
-            // rollback below removes it with the rejected drafts.
+            // rollback below removes it with the rejected drafts. Its logits are asked for too:
+            // the number of outputs is part of the graph's shape.
             batch.resize(g.max(batch.len()), pending);
         }
         target.decode_all(&batch)?;
