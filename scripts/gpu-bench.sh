@@ -39,6 +39,11 @@ for path in sys.argv[1:]:
               f"tok/round {s['mean_accepted_len']:.2f}  lookup {s['lookup_share']:.2f}  "
               f"ms d/v/o {s['ms_draft']:.2f}/{s['ms_verify']:.2f}/{s['ms_other']:.2f}  "
               f"correct {c}  =AR {s['identical_to_ar']}  ceiling {s['ceiling']}")
+    curves = [r["stats"].get("verify_curve") for r in d["runs"] if r["mode"] == "rapid"]
+    curves = [c for c in curves if c]
+    if curves:
+        print("  rapid's verification costs (tokens:ms): "
+              + ",".join(f"{g}:{t * 1e3:.2f}" for g, t in curves[-1]))
 EOF
 }
 

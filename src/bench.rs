@@ -399,8 +399,8 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
         .collect()
 }
 
-/// The summary as a Markdown table.
-pub fn markdown(summaries: &[Summary]) -> String {
+/// The summary as a Markdown table; `last_curve` is a verification cost curve to print under it.
+pub fn markdown(summaries: &[Summary], last_curve: Option<&[(usize, f64)]>) -> String {
     let mut out = String::from(
         "| mode | tok/s (median) | vs AR (median) | vs AR (min) | acceptance | tokens/round | \
          lookup share of drafts | ms/round draft + verify + other | TTFT s (warm) | correct | \
@@ -457,6 +457,18 @@ pub fn markdown(summaries: &[Summary]) -> String {
              median): {}.",
             s.mode,
             x(s.ceiling)
+        );
+    }
+    if let Some(curve) = last_curve {
+        let points: Vec<String> = curve
+            .iter()
+            .map(|(g, t)| format!("{g}:{:.2}", t * 1e3))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Verification cost by batch size, tokens:ms (the last rapid answer's estimates; \
+             `examples/policy_replay.rs --costs` takes them): {}",
+            points.join(",")
         );
     }
     out

@@ -591,7 +591,12 @@ fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
             engine.threads(),
             if engine.gpu { ", GPU" } else { "" },
         );
-        print!("{}", bench::markdown(&summaries));
+        let curve = runs
+            .iter()
+            .rev()
+            .find(|r| r.mode == Mode::Rapid && !r.stats.verify_curve.is_empty())
+            .map(|r| r.stats.verify_curve.as_slice());
+        print!("{}", bench::markdown(&summaries, curve));
     }
     Ok(())
 }

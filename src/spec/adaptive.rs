@@ -185,6 +185,16 @@ impl Costs {
     pub fn record_verify(&mut self, g: usize, t: Duration) {
         self.verify.record(g, t.as_secs_f64());
     }
+
+    /// The verification time per batch size measured so far, as (size, seconds), smallest first.
+    pub fn verify_curve(&self) -> Vec<(usize, f64)> {
+        self.verify
+            .by_size
+            .iter()
+            .enumerate()
+            .filter_map(|(g, m)| m.get().map(|t| (g, t)))
+            .collect()
+    }
 }
 
 /// Expected tokens per round of a `k`-token draft with per-token acceptance `alpha`.

@@ -481,6 +481,7 @@ pub fn generate(
     .as_secs_f64();
     stats.cancelled = cancelled;
     stats.ceiling = policy.ceiling().unwrap_or(0.0);
+    stats.verify_curve = policy.costs().verify_curve();
     stats.plain_step_s = median(&mut plain_steps);
     *costs = policy.costs().clone();
     let answer: String = out_tokens.iter().map(|t| t.text.as_str()).collect();

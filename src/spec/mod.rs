@@ -145,6 +145,9 @@ pub struct Stats {
     /// The speed-up free, always-accepted drafts could give here: the most of
     /// `g · t(1) / t(g)` over the verification sizes measured (0: none measured).
     pub ceiling: f64,
+    /// The verification time per batch size the policy had measured by the end of the answer
+    /// (calibration and rounds, recent ones weighing more), as (size, seconds).
+    pub verify_curve: Vec<(usize, f64)>,
     /// Whether the answer was cut short by cancellation.
     pub cancelled: bool,
 }
