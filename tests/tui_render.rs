@@ -24,6 +24,10 @@ fn app() -> App {
 }
 
 fn loaded(app: &mut App) {
+    loaded_with(app, 8192, 6144);
+}
+
+fn loaded_with(app: &mut App, target_ctx: usize, draft_ctx: usize) {
     app.handle(AppEvent::Engine(Reply::Loaded(EngineInfo {
         target: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
         drafter: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
@@ -31,8 +35,8 @@ fn loaded(app: &mut App) {
         gpu: false,
         gpu_layers: -1,
         threads: 2,
-        target_ctx: 8192,
-        draft_ctx: 6144,
+        target_ctx,
+        draft_ctx,
     })));
 }
 
@@ -321,16 +325,7 @@ fn hostile_text_never_reaches_the_terminal_as_control_characters() {
 fn context_use_is_shown_against_the_answers_own_context_size() {
     let screen = |stats: Stats| {
         let mut app = app();
-        app.handle(AppEvent::Engine(Reply::Loaded(EngineInfo {
-            target: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
-            drafter: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
-            self_speculation: true,
-            gpu: false,
-            gpu_layers: -1,
-            threads: 2,
-            target_ctx: 2048,
-            draft_ctx: 1536,
-        })));
+        loaded_with(&mut app, 2048, 1536);
         type_and_send(&mut app, "what?");
         app.handle(token("answer", TokenKind::Target));
         app.handle(AppEvent::Engine(Reply::Event(Event::Done(stats))));
