@@ -24,7 +24,7 @@ use rapid_chat::llm::{Models, fetch};
 use rapid_chat::paths::Dirs;
 use rapid_chat::session::{Engine, TurnSettings};
 use rapid_chat::spec::replay::{self, CostCurve};
-use rapid_chat::spec::{Flow, Mode};
+use rapid_chat::spec::{Flow, Mode, median};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -109,18 +109,6 @@ fn record(folder: &Path, questions: &Path, out: &Path, args: &[String]) -> Resul
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn replay(path: &Path, args: &[String]) -> Result<()> {
     let traces: Vec<Trace> = serde_json::from_str(
         &std::fs::read_to_string(path)
@@ -187,15 +175,15 @@ fn replay(path: &Path, args: &[String]) -> Result<()> {
         let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
         println!(
             "median: policy {:.2}x (lowest {:.2}x), best {:.2}x (lowest {:.2}x)\n",
-            median(ours.clone()),
+            median(&mut ours).unwrap_or(0.0),
             min(&ours),
-            median(bests.clone()),
+            median(&mut bests).unwrap_or(0.0),
             min(&bests)
         );
         if !fixeds.is_empty() {
             println!(
                 "fixed shape: median {:.2}x (lowest {:.2}x)\n",
-                median(fixeds.clone()),
+                median(&mut fixeds).unwrap_or(0.0),
                 min(&fixeds)
             );
         }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::corpus::CorpusIndex;
 use crate::session::{Engine, TurnSettings};
-use crate::spec::{Flow, Mode, Stats};
+use crate::spec::{Flow, Mode, Stats, median};
 
 /// A question, with the answer expected in the reply where known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -293,19 +293,6 @@ fn contains(text: &str, expected: &str) -> bool {
     })
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
 /// The summary of one mode over all runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -342,6 +329,10 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
             let sum = |f: &dyn Fn(&Stats) -> f64| rs.iter().map(|r| f(&r.stats)).sum::<f64>();
             let rounds = sum(&|s| s.rounds as f64).max(1.0);
             let drafted = sum(&|s| s.drafted as f64);
+            // The median over the runs that have a value.
+            let med = |f: &dyn Fn(&Run) -> Option<f64>| {
+                median(&mut rs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+            };
             let speedups: Vec<f64> = rs.iter().filter_map(|r| r.speedup).collect();
             let correct: Vec<bool> = rs.iter().filter_map(|r| r.correct).collect();
             let compared: Vec<&&Run> = rs
@@ -351,8 +342,8 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
             Summary {
                 mode,
                 runs: rs.len(),
-                tok_s_median: median(rs.iter().map(|r| r.tok_s).collect()).unwrap_or(0.0),
-                speedup_median: median(speedups.clone()),
+                tok_s_median: med(&|r| Some(r.tok_s)).unwrap_or(0.0),
+                speedup_median: med(&|r| r.speedup),
                 speedup_min: speedups.iter().copied().reduce(f64::min),
                 acceptance: if drafted > 0.0 {
                     sum(&|s| s.accepted as f64) / drafted
@@ -360,9 +351,8 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
                     0.0
                 },
                 mean_accepted_len: (sum(&|s| s.generated_tokens as f64)) / rounds,
-                cold_prefill_s_median: median(rs.iter().map(|r| r.cold_prefill_s).collect())
-                    .unwrap_or(0.0),
-                ttft_s_median: median(rs.iter().map(|r| r.ttft_s).collect()).unwrap_or(0.0),
+                cold_prefill_s_median: med(&|r| Some(r.cold_prefill_s)).unwrap_or(0.0),
+                ttft_s_median: med(&|r| Some(r.ttft_s)).unwrap_or(0.0),
                 correct: (!correct.is_empty())
                     .then(|| (correct.iter().filter(|&&c| c).count(), correct.len())),
                 identical_to_ar: (!compared.is_empty()).then(|| {
@@ -382,18 +372,8 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
                 } else {
                     0.0
                 },
-                ceiling: median(
-                    rs.iter()
-                        .map(|r| r.stats.ceiling)
-                        .filter(|&c| c > 1.0)
-                        .collect(),
-                ),
-                ms_plain_step: median(
-                    rs.iter()
-                        .map(|r| r.stats.plain_step_s * 1e3)
-                        .filter(|&t| t > 0.0)
-                        .collect(),
-                ),
+                ceiling: med(&|r| Some(r.stats.ceiling).filter(|&c| c > 1.0)),
+                ms_plain_step: med(&|r| Some(r.stats.plain_step_s * 1e3).filter(|&t| t > 0.0)),
             }
         })
         .collect()

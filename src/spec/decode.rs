@@ -482,7 +482,7 @@ pub fn generate(
     stats.cancelled = cancelled;
     stats.ceiling = policy.ceiling().unwrap_or(0.0);
     stats.verify_curve = policy.costs().verify_curve();
-    stats.plain_step_s = median(&mut plain_steps);
+    stats.plain_step_s = super::median(&mut plain_steps).unwrap_or(0.0);
     *costs = policy.costs().clone();
     let answer: String = out_tokens.iter().map(|t| t.text.as_str()).collect();
     sink(Event::Done(stats.clone()));
@@ -492,16 +492,6 @@ pub fn generate(
         text: answer,
         stats,
     })
-}
-
-/// The median (0 for none).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Measures the target's verification time for a few batch sizes, once per engine, so that the
