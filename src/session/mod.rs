@@ -313,11 +313,6 @@ impl Engine {
         let params = &Params {
             lookup: settings.params.lookup && speed_only,
             adaptive: settings.params.adaptive && speed_only,
-            verify_batch: if speed_only {
-                settings.params.verify_batch
-            } else {
-                0
-            },
             ..settings.params.clone()
         };
         if settings.mode != Mode::Rag {

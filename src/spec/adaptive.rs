@@ -12,7 +12,10 @@
 
 use std::time::Duration;
 
+use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
+
+use super::lookup::Proposal;
 
 /// Where a round's draft came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +37,8 @@ pub struct Choice {
 }
 
 impl Choice {
-    const NONE: Self = Self {
+    /// A plain target step.
+    pub const NONE: Self = Self {
         source: Source::None,
         k: 0,
     };
@@ -197,6 +201,16 @@ impl Costs {
     }
 }
 
+/// The batch sizes timed once per engine before its first adaptive answer: a spread, the
+/// drafter's longest verification and, with lookups, theirs.
+pub fn calibration_sizes(gamma: usize, lookup_max: Option<usize>) -> Vec<usize> {
+    let mut sizes = vec![1, 2, 4, 8, 16, gamma + 1];
+    sizes.extend(lookup_max.map(|m| m + 1));
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
 /// Expected tokens per round of a `k`-token draft with per-token acceptance `alpha`.
 pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
     if alpha >= 1.0 {
@@ -264,6 +278,18 @@ impl Policy {
     /// The costs, to keep for the next answer.
     pub fn costs(&self) -> &Costs {
         &self.costs
+    }
+
+    /// Scores a lookup proposal the round did not use against the tokens the round `produced`.
+    pub fn observe_declined(&mut self, p: &Proposal, produced: &[LlamaToken]) {
+        let agreed = p
+            .tokens
+            .iter()
+            .zip(produced)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let disagreed = agreed < produced.len().min(p.tokens.len());
+        self.observe_lookup(p.match_len, p.in_answer, agreed, disagreed);
     }
 
     /// Records a calibration measurement: `g` tokens verified in `t`.
@@ -414,13 +440,11 @@ impl Policy {
     /// The best speed-up over plain steps that drafts could give if they were free and always
     /// accepted: the most of `g · t(1) / t(g)` over the batch sizes measured.
     pub fn ceiling(&self) -> Option<f64> {
-        let t1 = self.costs.verify.by_size.get(1)?.get()?;
-        self.costs
-            .verify
-            .by_size
+        let curve = self.costs.verify_curve();
+        let &(_, t1) = curve.iter().find(|p| p.0 == 1)?;
+        curve
             .iter()
-            .enumerate()
-            .filter_map(|(g, m)| m.get().map(|t| g as f64 * t1 / t))
+            .map(|&(g, t)| g as f64 * t1 / t)
             .reduce(f64::max)
     }
 }

@@ -194,10 +194,7 @@ pub fn generate(
                 source: Source::Lookup,
                 k: p.tokens.len(),
             },
-            (Some(_), None) => adaptive::Choice {
-                source: Source::None,
-                k: 0,
-            },
+            (Some(_), None) => adaptive::Choice::NONE,
             (None, _) => policy.choose(adaptive::Options {
                 lookup: proposal.as_ref().map(|p| (p.match_len, p.tokens.len())),
                 model_max,
@@ -406,18 +403,7 @@ pub fn generate(
             .filter(|_| source != Source::Lookup && fixed.is_none())
         {
             let produced = &generated[generated.len() - emitted_n.min(generated.len())..];
-            let agreed = p
-                .tokens
-                .iter()
-                .zip(produced)
-                .take_while(|(a, b)| a == b)
-                .count();
-            policy.observe_lookup(
-                p.match_len,
-                p.in_answer,
-                agreed,
-                agreed < produced.len().min(p.tokens.len()),
-            );
+            policy.observe_declined(p, produced);
         }
         let drafted = if stop {
             drafts.len().min(considered)
@@ -504,12 +490,8 @@ fn calibrate(
     params: &Params,
     policy: &mut Policy,
 ) -> Result<()> {
-    let mut sizes = vec![1, 2, 4, 8, 16, params.gamma + 1];
-    if params.lookup {
-        sizes.push(params.lookup_max + 1);
-    }
-    sizes.sort_unstable();
-    sizes.dedup();
+    let mut sizes =
+        adaptive::calibration_sizes(params.gamma, params.lookup.then_some(params.lookup_max));
     let base = target.tokens().len();
     sizes.retain(|&g| base + g <= target.n_ctx());
     let passes = if target.on_gpu() { 2 } else { 1 };

@@ -178,14 +178,8 @@ pub fn replay_policy(
             t_draft_step: None,
             t_verify: curve.duration(k + 1),
         });
-        if let Some((p, agree)) = prop.filter(|_| source != Source::Lookup) {
-            let agreed = (*agree).min(produced);
-            policy.observe_lookup(
-                p.match_len,
-                p.in_answer,
-                agreed,
-                agreed < produced.min(p.tokens.len()),
-            );
+        if let Some((p, _)) = prop.filter(|_| source != Source::Lookup) {
+            policy.observe_declined(p, &answer[i..i + produced]);
         }
         r.rounds += 1;
         r.seconds += curve.t(k + 1);
@@ -275,10 +269,7 @@ pub fn replay_fixed(
 /// Costs as a calibration on `curve` leaves them (the sizes the decode loop calibrates).
 pub fn calibrated(curve: &CostCurve, gamma: usize, lookup_max: usize) -> Costs {
     let mut costs = Costs::default();
-    let mut sizes = vec![1, 2, 4, 8, 16, gamma + 1, lookup_max + 1];
-    sizes.sort_unstable();
-    sizes.dedup();
-    for g in sizes {
+    for g in adaptive::calibration_sizes(gamma, Some(lookup_max)) {
         costs.record_verify(g, curve.duration(g));
     }
     costs
