@@ -9,6 +9,14 @@
 //! catch up on the tokens emitted meanwhile: that batch is part of its cost. So when drafting does
 //! not pay, as on a CPU where verifying `G` tokens costs a good share of `G` steps, the policy
 //! falls back to plain steps.
+//!
+//! The estimates carry over from earlier answers, and a new answer may not be like them: a short
+//! answer that quotes nothing can lose on lookups that paid in a repetitive one. So each answer
+//! has a loss budget: a draft is taken only if its worst case (every draft rejected: one token for
+//! the round's whole cost) loses no more than the budget has left. The budget is a small share of
+//! the plain-step time of the answer so far (plus a start), and half of what this answer's drafts
+//! have gained; what they have lost comes off it. An answer thus ends at most a few percent slower
+//! than plain steps, whatever the estimates, while long drafts open up as soon as drafts pay.
 
 use std::time::Duration;
 
@@ -53,6 +61,11 @@ const EXPLORE_AFTER: usize = 32;
 const MARGIN: f64 = 1.05;
 /// Lookups whose match is shorter than this are not used without adaptation.
 const FIXED_MIN_MATCH: usize = 3;
+/// The loss budget of an answer, in plain steps: this share of its tokens so far, counted from
+/// `RISK_START` tokens, plus `RISK_GAINS` of what its drafts have gained.
+const RISK_SHARE: f64 = 0.03;
+const RISK_START: f64 = 16.0;
+const RISK_GAINS: f64 = 0.5;
 
 /// A decayed estimate of a per-token acceptance rate: successes and failures of a geometric
 /// process (a round that accepts everything is censored: no failure).
@@ -254,6 +267,11 @@ pub struct Policy {
     draft_cost_hint: f64,
     /// Rounds since the drafter was last used.
     idle: usize,
+    /// This answer's tokens so far.
+    tokens: usize,
+    /// The time this answer's drafted rounds saved over plain steps for the same tokens, in
+    /// seconds (negative: lost).
+    gained: f64,
 }
 
 impl Policy {
@@ -266,6 +284,8 @@ impl Policy {
             costs: Costs::default(),
             draft_cost_hint: draft_cost_hint.clamp(0.01, 1.0),
             idle: 0,
+            tokens: 0,
+            gained: 0.0,
         }
     }
 
@@ -342,11 +362,18 @@ impl Policy {
         // A draft must promise clearly more than a plain step: the estimates are noisy, and a
         // wrong guess costs more than a plain step.
         let plain = MARGIN / t1;
+        let risk = self.risk(t1);
         let mut best = (plain, Choice::NONE);
-        let mut model_best = 0.0f64;
-        let mut consider = |rate: f64, choice: Choice| {
+        // The drafter's best rate and its longest draft within the budget.
+        let (mut model_best, mut model_k) = (0.0f64, 0);
+        // A draft that costs `cost` loses `cost - t1` at worst (one token, as a plain step).
+        let mut consider = |rate: f64, cost: f64, choice: Choice| {
+            if cost - t1 > risk {
+                return;
+            }
             if choice.source == Source::Model {
                 model_best = model_best.max(rate);
+                model_k = model_k.max(choice.k);
             }
             if rate > best.0 {
                 best = (rate, choice);
@@ -360,7 +387,7 @@ impl Policy {
                         source: Source::Lookup,
                         k,
                     };
-                    consider(expected_tokens(alpha, k) / t, choice);
+                    consider(expected_tokens(alpha, k) / t, t, choice);
                 }
             }
         }
@@ -381,32 +408,45 @@ impl Policy {
                         k,
                     };
                     let cost = catch_up + (k - 1) as f64 * td + t;
-                    consider(expected_tokens(alpha, k) / cost, choice);
+                    consider(expected_tokens(alpha, k) / cost, cost, choice);
                 }
             }
         }
         let (rate, best) = best;
-        if best.source == Source::None {
-            // Try the idle drafter now and then with a short draft when it is nearly worth it:
-            // its estimate may be stale. (Lookups are scored even when not used.)
-            if best.source == Source::None
-                && model_max > 0
-                && self.idle >= EXPLORE_AFTER
-                && model_best >= 0.8 * rate
-            {
-                return Choice {
-                    source: Source::Model,
-                    k: model_max.min(2),
-                };
-            }
+        // Try the idle drafter now and then with a short draft when it is nearly worth it: its
+        // estimate may be stale. (Lookups are scored even when not used.)
+        if best.source == Source::None
+            && model_k > 0
+            && self.idle >= EXPLORE_AFTER
+            && model_best >= 0.8 * rate
+        {
+            return Choice {
+                source: Source::Model,
+                k: model_k.min(2),
+            };
         }
         best
+    }
+
+    /// How much more than plain steps a draft may still lose in this answer, in seconds (`t1`: a
+    /// plain step's time).
+    fn risk(&self, t1: f64) -> f64 {
+        let budget = RISK_SHARE * (self.tokens as f64 + RISK_START) * t1;
+        budget + self.gained.min(0.0) + RISK_GAINS * self.gained.max(0.0)
     }
 
     /// Records a finished round: `drafted` tokens from `source` (with the lookup's match length),
     /// `accepted` of them, whether one was rejected, and the measured times.
     pub fn record(&mut self, round: Round) {
         let g = round.drafted + 1;
+        let produced = round.accepted + 1;
+        self.tokens += produced;
+        if round.drafted > 0
+            && let Some(t1) = self.costs.verify.estimate(1)
+        {
+            let t = (round.t_draft + round.t_verify).as_secs_f64();
+            self.gained += produced as f64 * t1 - t;
+        }
         self.costs.verify.record(g, round.t_verify.as_secs_f64());
         match round.source {
             Source::None => {}
@@ -544,6 +584,11 @@ mod tests {
         assert!(c.k >= 3, "{c:?}");
     }
 
+    /// The next answer's policy: the same estimates, a new loss budget.
+    fn next_answer(p: &Policy, draft_cost_hint: f64) -> Policy {
+        Policy::new(true, draft_cost_hint).with_costs(p.costs().clone())
+    }
+
     #[test]
     fn a_lookup_that_keeps_failing_is_dropped_and_taken_again_once_it_would_have_been_right() {
         let mut p = Policy::new(true, 1.0);
@@ -555,6 +600,9 @@ mod tests {
             lookup: Some((5, 4)),
             ..Options::default()
         };
+        assert_eq!(p.choose(opts).source, Source::None);
+        // In the next answer, whose loss budget is whole again.
+        let mut p = next_answer(&p, 1.0);
         assert_eq!(p.choose(opts).source, Source::None);
         // Plain steps that produced what the declined lookups proposed.
         for _ in 0..20 {
@@ -583,6 +631,9 @@ mod tests {
         for _ in 0..5 {
             p.record(round(Source::Model, 0, 4, 0, 40.0));
         }
+        // (This answer's drafts lost: its budget allows no more. The next one's does.)
+        assert_eq!(count(&mut p), 0);
+        let mut p = next_answer(&p, 0.1);
         assert!((1..=3).contains(&count(&mut p)));
         // Far from it: a drafter as slow as the target at 10% acceptance, never retried.
         let mut p = Policy::new(true, 1.0);
@@ -619,6 +670,7 @@ mod tests {
             p.record(round(Source::None, 0, 0, 0, 5.0));
             p.record(round(Source::Lookup, 3, 4, 0, 6.0));
         }
+        let mut p = next_answer(&p, 0.05);
         let opts = |behind| Options {
             lookup: None,
             model_max: 6,
@@ -668,5 +720,110 @@ mod tests {
         );
         let c = p.choose(Options::default());
         assert_eq!(c, Choice::NONE);
+    }
+
+    /// This machine's CPU curve at 4K (bench's calibration), in ms by batch size.
+    const CPU: [(usize, f64); 9] = [
+        (1, 25.2),
+        (2, 36.7),
+        (3, 55.8),
+        (4, 63.9),
+        (5, 69.8),
+        (6, 80.1),
+        (8, 108.3),
+        (16, 200.9),
+        (17, 194.8),
+    ];
+
+    /// A policy that measured the CPU curve and saw long lookups right every time (an answer
+    /// that repeats itself), starting a new answer.
+    fn after_a_repetitive_answer() -> Policy {
+        let mut p = Policy::new(true, 1.0);
+        for (g, t) in CPU {
+            p.record_verify(g, ms(t));
+        }
+        for _ in 0..30 {
+            p.record(round(Source::Lookup, 9, 15, 15, 194.8));
+        }
+        next_answer(&p, 1.0)
+    }
+
+    #[test]
+    fn a_new_answer_bets_small_until_its_drafts_pay() {
+        let long = Options {
+            lookup: Some((9, 16)),
+            ..Options::default()
+        };
+        let mut p = after_a_repetitive_answer();
+        // The estimates say a 16-token lookup is right, but this answer has shown nothing yet:
+        // only a draft whose failure loses less than the start of the budget.
+        let first = p.choose(long);
+        assert_eq!(first.source, Source::Lookup);
+        assert_eq!(first.k, 1, "{first:?}");
+        // Drafts that pay open longer ones.
+        let mut ks = vec![first.k];
+        for _ in 0..8 {
+            let k = *ks.last().unwrap();
+            p.record(round(Source::Lookup, 9, k, k, cpu_t(k + 1)));
+            let c = p.choose(long);
+            assert!(c.source == Source::Lookup && c.k >= k, "{ks:?} then {c:?}");
+            ks.push(c.k);
+        }
+        assert!(*ks.last().unwrap() >= 8, "{ks:?}");
+    }
+
+    #[test]
+    fn a_losing_draft_closes_drafting_until_the_answer_has_gone_on() {
+        let long = Options {
+            lookup: Some((9, 16)),
+            ..Options::default()
+        };
+        let mut p = after_a_repetitive_answer();
+        let first = p.choose(long);
+        p.record(round(Source::Lookup, 9, first.k, 0, cpu_t(first.k + 1)));
+        assert_eq!(p.choose(long), Choice::NONE);
+        // Each plain step adds a share of a step to the budget.
+        let mut steps = 0;
+        while p.choose(long) == Choice::NONE {
+            p.record(round(Source::None, 0, 0, 0, CPU[0].1));
+            steps += 1;
+            assert!(steps < 100, "drafting never reopened");
+        }
+        assert!(steps >= 8, "reopened after {steps} plain steps");
+    }
+
+    /// `t(g)` of the CPU curve, interpolated.
+    fn cpu_t(g: usize) -> f64 {
+        let mut v = VerifyCost::default();
+        for (s, t) in CPU {
+            v.record(s, t);
+        }
+        v.estimate(g).unwrap()
+    }
+
+    /// However wrong the estimates, an answer ends at most the budget slower than plain steps:
+    /// every lookup fails here, after an answer where every one was right.
+    #[test]
+    fn an_answer_whose_lookups_all_fail_loses_at_most_its_budget() {
+        for tokens in [25, 76, 256] {
+            let mut p = after_a_repetitive_answer();
+            let (mut n, mut time, mut drafted) = (0, 0.0, 0);
+            while n < tokens {
+                let c = p.choose(Options {
+                    lookup: Some((9, 16)),
+                    ..Options::default()
+                });
+                let t = cpu_t(c.k + 1);
+                p.record(round(c.source, 9, c.k, 0, t));
+                time += t;
+                drafted += c.k;
+                n += 1;
+            }
+            let plain = tokens as f64 * CPU[0].1;
+            let bound = plain + RISK_SHARE * (tokens as f64 + RISK_START) * CPU[0].1;
+            assert!(drafted > 0, "{tokens}: it never tried");
+            assert!(time <= bound + 1e-6, "{tokens}: {time} ms > {bound} ms");
+            assert!(time / plain < 1.07, "{tokens}: {}", time / plain);
+        }
     }
 }
