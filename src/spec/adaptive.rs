@@ -14,9 +14,10 @@
 //! answer that quotes nothing can lose on lookups that paid in a repetitive one. So each answer
 //! has a loss budget: a draft is taken only if its worst case (every draft rejected: one token for
 //! the round's whole cost) loses no more than the budget has left. The budget is a small share of
-//! the plain-step time of the answer so far (plus a start), and half of what this answer's drafts
-//! have gained; what they have lost comes off it. An answer thus ends at most a few percent slower
-//! than plain steps, whatever the estimates, while long drafts open up as soon as drafts pay.
+//! the plain-step time of the answer so far, and half of what this answer's drafts have gained;
+//! what they have lost comes off it. An answer thus ends at most a few percent slower than plain
+//! steps, whatever the estimates (a very short one never drafts), while long drafts open up as
+//! soon as drafts pay.
 
 use std::time::Duration;
 
@@ -61,10 +62,9 @@ const EXPLORE_AFTER: usize = 32;
 const MARGIN: f64 = 1.05;
 /// Lookups whose match is shorter than this are not used without adaptation.
 const FIXED_MIN_MATCH: usize = 3;
-/// The loss budget of an answer, in plain steps: this share of its tokens so far, counted from
-/// `RISK_START` tokens, plus `RISK_GAINS` of what its drafts have gained.
+/// The loss budget of an answer: this share of the plain-step time of its tokens so far, plus
+/// `RISK_GAINS` of what its drafts have gained.
 const RISK_SHARE: f64 = 0.03;
-const RISK_START: f64 = 16.0;
 const RISK_GAINS: f64 = 0.5;
 
 /// A decayed estimate of a per-token acceptance rate: successes and failures of a geometric
@@ -431,7 +431,7 @@ impl Policy {
     /// How much more than plain steps a draft may still lose in this answer, in seconds (`t1`: a
     /// plain step's time).
     fn risk(&self, t1: f64) -> f64 {
-        let budget = RISK_SHARE * (self.tokens as f64 + RISK_START) * t1;
+        let budget = RISK_SHARE * self.tokens as f64 * t1;
         budget + self.gained.min(0.0) + RISK_GAINS * self.gained.max(0.0)
     }
 
@@ -589,6 +589,15 @@ mod tests {
         Policy::new(true, draft_cost_hint).with_costs(p.costs().clone())
     }
 
+    /// The next answer's policy after `n` plain steps of `t1` ms (its budget grown by them).
+    fn next_answer_after(p: &Policy, draft_cost_hint: f64, n: usize, t1: f64) -> Policy {
+        let mut p = next_answer(p, draft_cost_hint);
+        for _ in 0..n {
+            p.record(round(Source::None, 0, 0, 0, t1));
+        }
+        p
+    }
+
     #[test]
     fn a_lookup_that_keeps_failing_is_dropped_and_taken_again_once_it_would_have_been_right() {
         let mut p = Policy::new(true, 1.0);
@@ -601,8 +610,8 @@ mod tests {
             ..Options::default()
         };
         assert_eq!(p.choose(opts).source, Source::None);
-        // In the next answer, whose loss budget is whole again.
-        let mut p = next_answer(&p, 1.0);
+        // Some way into the next answer, whose loss budget is its own.
+        let mut p = next_answer_after(&p, 1.0, 16, 30.0);
         assert_eq!(p.choose(opts).source, Source::None);
         // Plain steps that produced what the declined lookups proposed.
         for _ in 0..20 {
@@ -631,9 +640,9 @@ mod tests {
         for _ in 0..5 {
             p.record(round(Source::Model, 0, 4, 0, 40.0));
         }
-        // (This answer's drafts lost: its budget allows no more. The next one's does.)
+        // (This answer's drafts lost: its budget allows no more. The next one's does, a little in.)
         assert_eq!(count(&mut p), 0);
-        let mut p = next_answer(&p, 0.1);
+        let mut p = next_answer_after(&p, 0.1, 16, 30.0);
         assert!((1..=3).contains(&count(&mut p)));
         // Far from it: a drafter as slow as the target at 10% acceptance, never retried.
         let mut p = Policy::new(true, 1.0);
@@ -670,7 +679,7 @@ mod tests {
             p.record(round(Source::None, 0, 0, 0, 5.0));
             p.record(round(Source::Lookup, 3, 4, 0, 6.0));
         }
-        let mut p = next_answer(&p, 0.05);
+        let mut p = next_answer_after(&p, 0.05, 16, 5.0);
         let opts = |behind| Options {
             lookup: None,
             model_max: 6,
@@ -756,8 +765,17 @@ mod tests {
         };
         let mut p = after_a_repetitive_answer();
         // The estimates say a 16-token lookup is right, but this answer has shown nothing yet:
-        // only a draft whose failure loses less than the start of the budget.
-        let first = p.choose(long);
+        // plain steps first, then the shortest draft, once the budget covers its failure.
+        let mut steps = 0;
+        let first = loop {
+            let c = p.choose(long);
+            if c != Choice::NONE {
+                break c;
+            }
+            p.record(round(Source::None, 0, 0, 0, CPU[0].1));
+            steps += 1;
+        };
+        assert!((8..=24).contains(&steps), "{steps} plain steps first");
         assert_eq!(first.source, Source::Lookup);
         assert_eq!(first.k, 1, "{first:?}");
         // Drafts that pay open longer ones.
@@ -779,7 +797,11 @@ mod tests {
             ..Options::default()
         };
         let mut p = after_a_repetitive_answer();
+        for _ in 0..20 {
+            p.record(round(Source::None, 0, 0, 0, CPU[0].1));
+        }
         let first = p.choose(long);
+        assert_eq!(first.source, Source::Lookup);
         p.record(round(Source::Lookup, 9, first.k, 0, cpu_t(first.k + 1)));
         assert_eq!(p.choose(long), Choice::NONE);
         // Each plain step adds a share of a step to the budget.
@@ -820,7 +842,7 @@ mod tests {
                 n += 1;
             }
             let plain = tokens as f64 * CPU[0].1;
-            let bound = plain + RISK_SHARE * (tokens as f64 + RISK_START) * CPU[0].1;
+            let bound = plain + RISK_SHARE * tokens as f64 * CPU[0].1;
             assert!(drafted > 0, "{tokens}: it never tried");
             assert!(time <= bound + 1e-6, "{tokens}: {time} ms > {bound} ms");
             assert!(time / plain < 1.07, "{tokens}: {}", time / plain);
