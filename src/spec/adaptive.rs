@@ -744,6 +744,14 @@ mod tests {
         (17, 194.8),
     ];
 
+    /// A 16-token lookup of a 9-token match in the prompt.
+    const LONG_LOOKUP: Options = Options {
+        lookup: Some((9, 16)),
+        model_max: 0,
+        model_behind: 0,
+        lookup_in_answer: false,
+    };
+
     /// A policy that measured the CPU curve and saw long lookups right every time (an answer
     /// that repeats itself), starting a new answer.
     fn after_a_repetitive_answer() -> Policy {
@@ -759,16 +767,12 @@ mod tests {
 
     #[test]
     fn a_new_answer_bets_small_until_its_drafts_pay() {
-        let long = Options {
-            lookup: Some((9, 16)),
-            ..Options::default()
-        };
         let mut p = after_a_repetitive_answer();
         // The estimates say a 16-token lookup is right, but this answer has shown nothing yet:
         // plain steps first, then the shortest draft, once the budget covers its failure.
         let mut steps = 0;
         let first = loop {
-            let c = p.choose(long);
+            let c = p.choose(LONG_LOOKUP);
             if c != Choice::NONE {
                 break c;
             }
@@ -783,7 +787,7 @@ mod tests {
         for _ in 0..8 {
             let k = *ks.last().unwrap();
             p.record(round(Source::Lookup, 9, k, k, cpu_t(k + 1)));
-            let c = p.choose(long);
+            let c = p.choose(LONG_LOOKUP);
             assert!(c.source == Source::Lookup && c.k >= k, "{ks:?} then {c:?}");
             ks.push(c.k);
         }
@@ -792,21 +796,17 @@ mod tests {
 
     #[test]
     fn a_losing_draft_closes_drafting_until_the_answer_has_gone_on() {
-        let long = Options {
-            lookup: Some((9, 16)),
-            ..Options::default()
-        };
         let mut p = after_a_repetitive_answer();
         for _ in 0..20 {
             p.record(round(Source::None, 0, 0, 0, CPU[0].1));
         }
-        let first = p.choose(long);
+        let first = p.choose(LONG_LOOKUP);
         assert_eq!(first.source, Source::Lookup);
         p.record(round(Source::Lookup, 9, first.k, 0, cpu_t(first.k + 1)));
-        assert_eq!(p.choose(long), Choice::NONE);
+        assert_eq!(p.choose(LONG_LOOKUP), Choice::NONE);
         // Each plain step adds a share of a step to the budget.
         let mut steps = 0;
-        while p.choose(long) == Choice::NONE {
+        while p.choose(LONG_LOOKUP) == Choice::NONE {
             p.record(round(Source::None, 0, 0, 0, CPU[0].1));
             steps += 1;
             assert!(steps < 100, "drafting never reopened");
@@ -831,10 +831,7 @@ mod tests {
             let mut p = after_a_repetitive_answer();
             let (mut n, mut time, mut drafted) = (0, 0.0, 0);
             while n < tokens {
-                let c = p.choose(Options {
-                    lookup: Some((9, 16)),
-                    ..Options::default()
-                });
+                let c = p.choose(LONG_LOOKUP);
                 let t = cpu_t(c.k + 1);
                 p.record(round(c.source, 9, c.k, 0, t));
                 time += t;
