@@ -1,7 +1,7 @@
 //! Studies rapid mode's drafting policy for hardware you do not have: records the real model's
 //! greedy answers to a questions file (with the prompts rapid mode builds for them), then replays
 //! the policy on those answers under any verification cost curve, next to the best any policy
-//! could do with the same lookups (see `rapid_chat::spec::replay`).
+//! could do with the same lookups (see `rapid_chat::speculative::replay`).
 //!
 //! ```text
 //! rapid-chat index assets/demo            # the example reads an existing index
@@ -23,8 +23,8 @@ use rapid_chat::corpus::CorpusIndex;
 use rapid_chat::llm::{Models, fetch};
 use rapid_chat::paths::Dirs;
 use rapid_chat::session::{Engine, TurnSettings};
-use rapid_chat::spec::replay::{self, CostCurve};
-use rapid_chat::spec::{Flow, Mode, median};
+use rapid_chat::speculative::replay::{self, CostCurve};
+use rapid_chat::speculative::{Flow, Mode, median};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::corpus::CorpusIndex;
 use crate::session::{Engine, TurnSettings};
-use crate::spec::{Flow, Mode, Stats, median};
+use crate::speculative::{Flow, Mode, Stats, median};
 
 /// A question, with the answer expected in the reply where known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

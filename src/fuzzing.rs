@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::corpus::chunk::{chunk_pages, document_text};
 use crate::corpus::extract::{self, Kind, Limits, Page};
-use crate::spec::{GenToken, TokenKind};
+use crate::speculative::{GenToken, TokenKind};
 
 /// A stand-in tokenizer: deterministic, grows with the text (words plus a token per 16 bytes).
 fn count(s: &str) -> usize {

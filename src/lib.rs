@@ -1,6 +1,6 @@
 //! rapid-chat: ask questions about a folder of long documents with a local LLM, decoded with
 //! Retrieval-Augmented Speculative Decoding (RAPID). Data flows one way:
-//! files -> corpus -> index -> session -> spec engine -> events -> UI.
+//! files -> corpus -> index -> session -> speculative engine -> events -> UI.
 
 pub mod bench;
 pub mod config;
@@ -11,5 +11,5 @@ pub mod logging;
 pub mod paths;
 pub mod safe_text;
 pub mod session;
-pub mod spec;
+pub mod speculative;
 pub mod tui;

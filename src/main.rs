@@ -409,7 +409,7 @@ fn current_index(ctx: &Ctx, folder: &Path, quiet: bool) -> Result<CorpusIndex> {
 
 fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
     use rapid_chat::session::TurnSettings;
-    use rapid_chat::spec::{Event, Flow};
+    use rapid_chat::speculative::{Event, Flow};
     args.engine.apply(&mut ctx.config.engine);
     ctx.config.validate()?;
     let index = current_index(&ctx, &args.folder, args.json)?;
@@ -472,7 +472,7 @@ fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
 fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
     use rapid_chat::bench::{self, Task};
     use rapid_chat::session::TurnSettings;
-    use rapid_chat::spec::Mode;
+    use rapid_chat::speculative::Mode;
     args.engine.apply(&mut ctx.config.engine);
     ctx.config.validate()?;
     let modes: Vec<Mode> = args

@@ -10,7 +10,7 @@ use rapid_chat::config::{Config, EngineConfig};
 use rapid_chat::corpus::CorpusIndex;
 use rapid_chat::llm::{Context, ContextSpec, Models, fetch};
 use rapid_chat::session::{Engine, TurnSettings};
-use rapid_chat::spec::{Event, Flow, GenToken, Mode, TokenKind};
+use rapid_chat::speculative::{Event, Flow, GenToken, Mode, TokenKind};
 
 /// One engine for the file: the model loads once, and tests take turns (2 cores).
 fn engine() -> std::sync::MutexGuard<'static, Engine> {
@@ -150,7 +150,7 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
             compared += 1;
             if let Some(i) = first_difference(&ar.output.tokens, &spec.output.tokens) {
                 // Identical up to here; at the first difference the target must be near a tie.
-                let at = |o: &rapid_chat::spec::decode::Output| {
+                let at = |o: &rapid_chat::speculative::decode::Output| {
                     o.tokens.get(i).map(|t| t.margin).or(o.end_margin)
                 };
                 let margin = at(&ar.output)
@@ -537,9 +537,9 @@ fn rollback_on_a_sliding_window_model_matches_a_fresh_context() {
         .unwrap();
     let from_fresh = fresh.logits(0).to_vec();
 
-    let (a, margin) = rapid_chat::spec::sampling::argmax_margin(&from_fresh);
+    let (a, margin) = rapid_chat::speculative::sampling::argmax_margin(&from_fresh);
     assert_eq!(
-        rapid_chat::spec::sampling::argmax_margin(&after_rewind).0,
+        rapid_chat::speculative::sampling::argmax_margin(&after_rewind).0,
         a,
         "same next token (margin {margin})"
     );

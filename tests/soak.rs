@@ -9,7 +9,7 @@ mod common;
 use rapid_chat::config::EngineConfig;
 use rapid_chat::llm::Models;
 use rapid_chat::session::{Engine, Turn, TurnSettings};
-use rapid_chat::spec::Flow;
+use rapid_chat::speculative::Flow;
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

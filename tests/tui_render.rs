@@ -5,7 +5,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use rapid_chat::config::{Config, EngineConfig};
 use rapid_chat::session::worker::{EngineInfo, Reply};
 use rapid_chat::session::{Source, TurnSettings, View};
-use rapid_chat::spec::{Event, GenToken, Stats, TokenKind};
+use rapid_chat::speculative::{Event, GenToken, Stats, TokenKind};
 use rapid_chat::tui::app::{App, AppEvent};
 use rapid_chat::tui::keymap::Keymap;
 use rapid_chat::tui::ui::{self, Theme};
@@ -126,7 +126,7 @@ fn streaming_app() -> App {
     }
     for accepted in [3, 0, 2] {
         app.handle(AppEvent::Engine(Reply::Event(Event::Round {
-            source: rapid_chat::spec::adaptive::Source::Model,
+            source: rapid_chat::speculative::adaptive::Source::Model,
             drafted: 4,
             accepted,
             t_draft: std::time::Duration::from_millis(30),
@@ -204,8 +204,8 @@ fn the_sources_pane_and_a_finished_answer() {
     answer_tokens.truncate(8);
     app.handle(AppEvent::Engine(Reply::Finished(Box::new(
         rapid_chat::session::Answer {
-            mode: rapid_chat::spec::Mode::Rapid,
-            output: rapid_chat::spec::decode::Output {
+            mode: rapid_chat::speculative::Mode::Rapid,
+            output: rapid_chat::speculative::decode::Output {
                 text: String::new(),
                 tokens: answer_tokens,
                 end_margin: None,

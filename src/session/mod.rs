@@ -12,8 +12,8 @@ use crate::corpus::CorpusIndex;
 use crate::llm::context::common_prefix;
 use crate::llm::kvcache::{self, KvCache};
 use crate::llm::{Context, ContextSpec, Models};
-use crate::spec::decode::{self, Drafter, Output, Params};
-use crate::spec::{Event, Flow, Mode};
+use crate::speculative::decode::{self, Drafter, Output, Params};
+use crate::speculative::{Event, Flow, Mode};
 pub use prompt::{Prompts, Source, Turn, View};
 
 pub mod worker;
@@ -34,7 +34,7 @@ pub struct Engine {
     /// The target's documents in the last answer (kept for follow-ups while they fit).
     last_view: Vec<prompt::ChunkId>,
     /// Verification and drafting costs measured so far (the adaptive policy's input).
-    costs: crate::spec::adaptive::Costs,
+    costs: crate::speculative::adaptive::Costs,
 }
 
 /// Target prefill done outside the decode loop, before its clock started.
@@ -46,7 +46,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn add_to(&self, s: &mut crate::spec::Stats) {
+    fn add_to(&self, s: &mut crate::speculative::Stats) {
         s.prefill_tokens += self.prefill;
         s.target_prefill_tokens += self.prefill;
         s.restored_tokens = self.restored;

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Answer, Engine, Source, Turn, TurnSettings, View};
 use crate::corpus::CorpusIndex;
-use crate::spec::{Event, Flow};
+use crate::speculative::{Event, Flow};
 
 /// What the UI asks of the engine.
 #[derive(Debug, Clone)]

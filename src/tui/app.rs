@@ -11,7 +11,7 @@ use super::keymap::{Action, Key, Keymap};
 use crate::corpus::watch::WatchEvent;
 use crate::session::worker::{EngineInfo, Reply};
 use crate::session::{Source, Turn, TurnSettings, View};
-use crate::spec::{Event, GenToken, Mode, Stats};
+use crate::speculative::{Event, GenToken, Mode, Stats};
 
 /// Where a chat turn is.
 #[derive(Debug, Clone, PartialEq)]
@@ -727,8 +727,8 @@ impl App {
 mod tests {
     use super::*;
     use crate::session::Answer;
-    use crate::spec::TokenKind;
-    use crate::spec::decode::{Output, Params};
+    use crate::speculative::TokenKind;
+    use crate::speculative::decode::{Output, Params};
 
     fn settings() -> TurnSettings {
         TurnSettings {

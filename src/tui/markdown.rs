@@ -7,7 +7,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use unicode_width::UnicodeWidthChar;
 
-use crate::spec::{GenToken, TokenKind};
+use crate::speculative::{GenToken, TokenKind};
 
 /// Colours of token kinds.
 #[derive(Debug, Clone, Copy)]

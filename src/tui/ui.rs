@@ -10,7 +10,7 @@ use ratatui::widgets::{Block, Borders, Clear, Gauge, Paragraph, Sparkline, Wrap}
 use super::app::{AnswerStatus, App, Entry, Focus, TurnState};
 use super::keymap::Action;
 use super::markdown::{self, Palette};
-use crate::spec::{Mode, TokenKind};
+use crate::speculative::{Mode, TokenKind};
 
 /// Colours from the config.
 #[derive(Debug, Clone, Copy)]
