@@ -22,7 +22,7 @@ use rapid_chat::config::Config;
 use rapid_chat::corpus::CorpusIndex;
 use rapid_chat::llm::{Models, fetch};
 use rapid_chat::paths::Dirs;
-use rapid_chat::session::{Engine, TurnSettings};
+use rapid_chat::session::Engine;
 use rapid_chat::speculative::replay::{self, CostCurve};
 use rapid_chat::speculative::{Flow, Mode, median};
 use serde::{Deserialize, Serialize};
@@ -84,7 +84,7 @@ fn record(folder: &Path, questions: &Path, out: &Path, args: &[String]) -> Resul
     };
     let models = Models::load(&model, None, config.engine.gpu_layers)?;
     let mut engine = Engine::new(models, &config.engine)?;
-    let mut settings = TurnSettings::from_config(&config.engine)?;
+    let mut settings = config.engine.clone();
     let mut traces = Vec::new();
     for q in rapid_chat::bench::load_questions(questions)? {
         settings.mode = Mode::Rapid;

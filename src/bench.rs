@@ -16,8 +16,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::config::EngineConfig;
 use crate::corpus::CorpusIndex;
-use crate::session::{Engine, TurnSettings};
+use crate::session::Engine;
 use crate::speculative::{Flow, Mode, Stats, median};
 
 /// A question, with the answer expected in the reply where known.
@@ -55,10 +56,10 @@ pub enum TaskKind {
 }
 
 /// `passkey:N` or `kv:N`: the kind and the document length in tokens.
-pub fn parse_task(spec: &str) -> Result<(TaskKind, usize)> {
-    let (kind, n) = spec
+pub fn parse_task(task: &str) -> Result<(TaskKind, usize)> {
+    let (kind, n) = task
         .split_once(':')
-        .with_context(|| format!("task {spec:?}: use passkey:N or kv:N (N tokens of text)"))?;
+        .with_context(|| format!("task {task:?}: use passkey:N or kv:N (N tokens of text)"))?;
     let kind = match kind {
         "passkey" => TaskKind::Passkey,
         "kv" => TaskKind::Kv,
@@ -68,7 +69,7 @@ pub fn parse_task(spec: &str) -> Result<(TaskKind, usize)> {
         .parse()
         .ok()
         .filter(|&n| n >= 64)
-        .with_context(|| format!("task {spec:?}: N must be a number of tokens, at least 64"))?;
+        .with_context(|| format!("task {task:?}: N must be a number of tokens, at least 64"))?;
     Ok((kind, n))
 }
 
@@ -160,7 +161,7 @@ pub struct Task {
 pub struct Plan {
     pub modes: Vec<Mode>,
     pub repeat: usize,
-    pub settings: TurnSettings,
+    pub settings: EngineConfig,
 }
 
 /// One answer of the bench.
@@ -252,7 +253,7 @@ pub fn run(
             // Compare with AR's answer to the same question.
             let group = &mut runs[first..];
             if let Some(ar) = group.iter().find(|r| r.mode == Mode::Ar).cloned() {
-                let greedy = plan.settings.params.temp <= 0.0;
+                let greedy = plan.settings.greedy();
                 for r in group.iter_mut() {
                     if ar.tok_s > 0.0 {
                         let speedup = r.tok_s / ar.tok_s;

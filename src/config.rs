@@ -79,83 +79,227 @@ impl Default for CorpusConfig {
     }
 }
 
-/// Decoding settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineConfig {
-    /// `rapid`, `ar`, `sd` or `rag`.
-    pub mode: String,
-    /// Target context size in tokens.
-    pub ctx: u32,
-    /// Drafter context size in tokens.
-    pub draft_ctx: u32,
-    /// Tokens of retrieved chunks the drafter sees.
-    pub retrieval_budget: usize,
-    /// Largest number of tokens the drafter model drafts per round.
-    pub gamma: usize,
-    /// Draft from lookups in the documents and the answer too (rapid mode).
-    pub lookup: bool,
-    /// Largest lookup draft, in tokens.
-    pub lookup_max: usize,
-    /// Choose each round's draft (lookup, drafter, or none) and its length from measured costs
-    /// and acceptance (rapid mode); off: the paper's fixed γ.
-    pub adaptive: bool,
-    /// With lookups: every round decodes exactly this many tokens, padded (0: each round its
-    /// draft alone). For GPUs, where a changing batch shape rebuilds llama.cpp's CUDA graph.
-    pub verify_batch: usize,
-    /// Drafting stops early when the drafter's top probability falls below this.
-    pub draft_confidence: f32,
-    /// Knowledge-transfer strength (0 = plain speculative decoding).
-    pub eta: f32,
-    /// Sampling temperature (0 = greedy).
-    pub temp: f32,
-    /// Nucleus sampling threshold (1 = off).
-    pub top_p: f32,
-    /// Seed of the sampler.
-    pub seed: u64,
-    /// Longest answer, in tokens.
-    pub max_tokens: usize,
-    /// Save the target's state after reading the documents and restore it when the same
-    /// documents are opened again (the corpus KV cache, in the cache directory).
-    pub kv_cache: bool,
-    /// Size cap of the corpus KV cache in MiB; least recently used states go first.
-    pub kv_cache_max_mib: u64,
-    /// Layers offloaded to the GPU when llama.cpp has one (-1 = all).
-    pub gpu_layers: i32,
-    /// CPU threads for llama.cpp (0 = the number of cores).
-    pub threads: u32,
+/// How an answer is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The retrieval-augmented drafter proposes, the long-context target verifies.
+    Rapid,
+    /// The target alone, one token per step.
+    Ar,
+    /// Vanilla speculative decoding: the drafter sees the same long context as the target.
+    Sd,
+    /// The retrieval-augmented drafter answering alone.
+    Rag,
 }
 
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            mode: "rapid".into(),
-            ctx: 8192,
-            draft_ctx: 6144,
-            retrieval_budget: 4096,
-            gamma: 6,
-            lookup: true,
-            lookup_max: 16,
-            adaptive: true,
-            verify_batch: 0,
-            draft_confidence: 0.3,
-            eta: 0.0,
-            temp: 0.0,
-            top_p: 1.0,
-            seed: 42,
-            max_tokens: 256,
-            kv_cache: true,
-            kv_cache_max_mib: 4096,
-            gpu_layers: -1,
-            threads: 0,
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Rapid, Mode::Ar, Mode::Sd, Mode::Rag];
+}
+
+impl std::str::FromStr for Mode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.to_string() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown mode {s:?}: use rapid, ar, sd or rag"))
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Rapid => "rapid",
+            Self::Ar => "ar",
+            Self::Sd => "sd",
+            Self::Rag => "rag",
+        })
+    }
+}
+
+/// Declares the engine's settings once: the `[engine]` section of `config.toml`
+/// ([`EngineConfig`], with its defaults), the command-line flags over it ([`EngineFlags`], the
+/// same names and help), and setting one by name from text ([`EngineConfig::set`], for the chat's
+/// slash commands). Every path goes through [`EngineConfig::validate`].
+macro_rules! engine_settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $(#[arg($($arg:tt)*)])?
+        $(#[serde($($serde:tt)*)])?
+        $field:ident : $ty:ty = $default:expr,
+    )*) => {
+        /// The engine's settings: the models' contexts and how answers are decoded.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct EngineConfig {
+            $(
+                $(#[doc = $doc])*
+                $(#[serde($($serde)*)])?
+                pub $field: $ty,
+            )*
         }
+
+        impl Default for EngineConfig {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        /// Command-line flags over the config's `[engine]` section: a flag given wins.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct EngineFlags {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long $(, $($arg)*)?)]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl EngineFlags {
+            /// Sets every given flag over `c`.
+            pub fn apply(&self, c: &mut EngineConfig) {
+                $( if let Some(v) = &self.$field { c.$field = v.clone(); } )*
+            }
+        }
+
+        impl EngineConfig {
+            /// The settings' names, as in `config.toml` and the flags (with `-` for `_`).
+            pub const NAMES: &[&str] = &[$( stringify!($field), )*];
+
+            /// Sets the setting `name` from `value` if the result is valid; the settings are
+            /// unchanged otherwise.
+            pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+                let mut next = self.clone();
+                match name {
+                    $(
+                        stringify!($field) => {
+                            next.$field = value.trim().parse().map_err(|e| {
+                                anyhow::anyhow!("{name}: {value:?} is not valid here ({e})")
+                            })?;
+                        }
+                    )*
+                    _ => anyhow::bail!(
+                        "unknown setting {name:?} (settings: {})",
+                        Self::NAMES.join(", ")
+                    ),
+                }
+                next.validate()?;
+                *self = next;
+                Ok(())
+            }
+        }
+    };
+}
+
+engine_settings! {
+    /// rapid (retrieval-augmented drafter, default), ar (target only), sd (drafter with the full
+    /// context), rag (the retrieval-augmented drafter answering alone).
+    mode: Mode = Mode::Rapid,
+    /// Target context size in tokens.
+    ctx: u32 = 8192,
+    /// Drafter context size in tokens.
+    draft_ctx: u32 = 6144,
+    /// Tokens of retrieved chunks the drafter sees.
+    retrieval_budget: usize = 4096,
+    /// Largest number of tokens the drafter model drafts per round.
+    gamma: usize = 6,
+    /// Draft from lookups in the documents and the answer too (rapid mode).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    lookup: bool = true,
+    /// Largest lookup draft, in tokens.
+    lookup_max: usize = 16,
+    /// Choose each round's draft (lookup, drafter, or none) and its length from measured costs
+    /// and acceptance (rapid mode); false: the paper's fixed γ.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    adaptive: bool = true,
+    /// With lookups: every round decodes exactly this many tokens, padded (0: each round its
+    /// draft alone). For GPUs, where a changing batch shape rebuilds llama.cpp's CUDA graph.
+    verify_batch: usize = 0,
+    /// Drafting stops early when the drafter's top probability falls below this.
+    draft_confidence: f32 = 0.3,
+    /// Knowledge-transfer strength (0 = plain speculative decoding).
+    eta: f32 = 0.0,
+    /// Sampling temperature (0 = greedy).
+    temp: f32 = 0.0,
+    /// Nucleus sampling threshold (1 = off).
+    top_p: f32 = 1.0,
+    /// Seed of the sampler.
+    seed: u64 = 42,
+    /// Longest answer, in tokens.
+    max_tokens: usize = 256,
+    /// Never stop at end-of-generation: every answer runs to max_tokens (for timing models whose
+    /// text means nothing, such as synthetic weights; not a config key).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip)]
+    ignore_eos: bool = false,
+    /// Save the target's state after reading the documents and restore it when the same
+    /// documents are opened again (the corpus KV cache, in the cache directory).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    kv_cache: bool = true,
+    /// Size cap of the corpus KV cache in MiB; least recently used states go first.
+    kv_cache_max_mib: u64 = 4096,
+    /// Layers offloaded to the GPU when llama.cpp has one (-1 = all).
+    #[arg(allow_hyphen_values = true)]
+    gpu_layers: i32 = -1,
+    /// CPU threads for llama.cpp (0 = the number of cores).
+    threads: u32 = 0,
+}
+
+impl EngineConfig {
+    /// Checks the values serde cannot: ranges. Messages name the setting as in `config.toml`.
+    pub fn validate(&self) -> Result<()> {
+        let e = self;
+        let checks: [(bool, &str); 11] = [
+            (e.ctx >= 256, "ctx must be at least 256"),
+            (e.draft_ctx >= 256, "draft_ctx must be at least 256"),
+            (
+                e.gamma >= 1 && e.gamma <= 64,
+                "gamma must be between 1 and 64",
+            ),
+            (
+                e.lookup_max >= 1 && e.lookup_max <= 64,
+                "lookup_max must be between 1 and 64",
+            ),
+            (
+                e.verify_batch != 1 && e.verify_batch <= 64,
+                "verify_batch must be 0 (off) or between 2 and 64",
+            ),
+            (e.eta >= 0.0 && e.eta.is_finite(), "eta must be 0 or more"),
+            (
+                e.temp >= 0.0 && e.temp.is_finite(),
+                "temp must be 0 or more (0 = greedy)",
+            ),
+            (e.top_p > 0.0 && e.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (
+                (0.0..=1.0).contains(&e.draft_confidence),
+                "draft_confidence must be between 0 and 1",
+            ),
+            (e.max_tokens >= 1, "max_tokens must be at least 1"),
+            (
+                e.retrieval_budget >= 1,
+                "retrieval_budget must be at least 1",
+            ),
+        ];
+        for (ok, message) in checks {
+            anyhow::ensure!(ok, "{message}");
+        }
+        Ok(())
+    }
+
+    /// Whether the answer is greedy (temperature 0).
+    pub fn greedy(&self) -> bool {
+        self.temp <= 0.0
     }
 }
 
 impl Config {
     /// Parses a config file's text; errors name the key and the problem.
     pub fn parse(text: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config: Self = toml::from_str(text).map_err(|e| match key_at(text, e.span()) {
+            Some(key) => anyhow::anyhow!("{key}: {e}"),
+            None => anyhow::anyhow!("{e}"),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -178,8 +322,7 @@ impl Config {
     /// Checks the values serde cannot: ranges and names.
     pub fn validate(&self) -> Result<()> {
         let c = &self.corpus;
-        let e = &self.engine;
-        let checks: [(bool, &str); 12] = [
+        let checks: [(bool, &str); 3] = [
             (
                 c.chunk_tokens >= 16,
                 "corpus.chunk_tokens must be at least 16",
@@ -192,45 +335,13 @@ impl Config {
                 c.pdf_timeout_s >= 1,
                 "corpus.pdf_timeout_s must be at least 1",
             ),
-            (
-                ["rapid", "ar", "sd", "rag"].contains(&e.mode.as_str()),
-                "engine.mode must be one of rapid, ar, sd, rag",
-            ),
-            (e.ctx >= 256, "engine.ctx must be at least 256"),
-            (e.draft_ctx >= 256, "engine.draft_ctx must be at least 256"),
-            (
-                e.gamma >= 1 && e.gamma <= 64,
-                "engine.gamma must be between 1 and 64",
-            ),
-            (
-                e.lookup_max >= 1 && e.lookup_max <= 64,
-                "engine.lookup_max must be between 1 and 64",
-            ),
-            (
-                e.verify_batch != 1 && e.verify_batch <= 64,
-                "engine.verify_batch must be 0 (off) or between 2 and 64",
-            ),
-            (
-                e.eta >= 0.0 && e.eta.is_finite(),
-                "engine.eta must be 0 or more",
-            ),
-            (
-                e.temp >= 0.0 && e.temp.is_finite(),
-                "engine.temp must be 0 or more",
-            ),
-            (
-                e.top_p > 0.0 && e.top_p <= 1.0,
-                "engine.top_p must be in (0, 1]",
-            ),
         ];
         for (ok, message) in checks {
             anyhow::ensure!(ok, "{message}");
         }
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&e.draft_confidence),
-            "engine.draft_confidence must be between 0 and 1"
-        );
-        anyhow::ensure!(e.max_tokens >= 1, "engine.max_tokens must be at least 1");
+        self.engine
+            .validate()
+            .map_err(|e| anyhow::anyhow!("engine.{e}"))?;
         let t = &self.tui;
         for (name, value) in [
             ("accepted", &t.accepted),
@@ -243,12 +354,6 @@ impl Config {
                 value.parse::<ratatui::style::Color>().is_ok(),
                 "tui.{name}: {value:?} is not a colour (a name like \"green\", or \"#rrggbb\")"
             );
-        }
-        for (action, key) in &t.keys {
-            crate::tui::keymap::Action::from_name(action)
-                .map_err(|e| anyhow::anyhow!("tui.keys.{action}: {e}"))?;
-            crate::tui::keymap::parse_key(key)
-                .map_err(|e| anyhow::anyhow!("tui.keys.{action}: {e}"))?;
         }
         Ok(())
     }
@@ -264,4 +369,24 @@ impl Config {
         );
         exts
     }
+}
+
+/// The dotted key (`engine.mode`) whose value starts the line holding `span`, for errors that
+/// toml reports by position only (a value of the wrong type or an unknown mode).
+fn key_at(text: &str, span: Option<std::ops::Range<usize>>) -> Option<String> {
+    let at = span?.start.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_string(),
+    })
 }

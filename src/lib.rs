@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod llm;
 pub mod logging;
 pub mod paths;
+pub mod runtime;
 pub mod safe_text;
 pub mod session;
 pub mod speculative;

@@ -2,16 +2,16 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use rapid_chat::config::Config;
-use rapid_chat::corpus::index::IndexHeld;
-use rapid_chat::corpus::{CorpusIndex, Indexer, Report};
+use rapid_chat::config::{Config, EngineFlags, Mode};
+use rapid_chat::corpus::{CorpusIndex, Report};
 use rapid_chat::llm::{Tokenizer, fetch};
 use rapid_chat::paths::Dirs;
+use rapid_chat::runtime::{self, Corpus};
+use rapid_chat::session::Engine;
 
 #[derive(Parser)]
 #[command(
@@ -31,7 +31,7 @@ struct Cli {
     #[arg(long)]
     new: bool,
     #[command(flatten)]
-    engine: EngineArgs,
+    engine: EngineFlags,
 }
 
 #[derive(Args)]
@@ -94,7 +94,7 @@ struct AskArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    engine: EngineArgs,
+    engine: EngineFlags,
 }
 
 #[derive(Args)]
@@ -106,7 +106,7 @@ struct BenchArgs {
     questions: Option<PathBuf>,
     /// Modes to compare, comma-separated.
     #[arg(long, default_value = "ar,rapid,sd,rag", value_delimiter = ',')]
-    modes: Vec<String>,
+    modes: Vec<Mode>,
     /// Run everything this many times.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
@@ -120,76 +120,8 @@ struct BenchArgs {
     /// Print JSON: a summary per mode and a record per run.
     #[arg(long)]
     json: bool,
-    /// Never stop at end-of-generation: every answer runs to --max-tokens (for timing models
-    /// whose text means nothing, such as synthetic weights).
-    #[arg(long)]
-    ignore_eos: bool,
     #[command(flatten)]
-    engine: EngineArgs,
-}
-
-/// Decoding options, over the config's `[engine]` section.
-#[derive(Args)]
-struct EngineArgs {
-    /// rapid (default), ar (target only), sd (drafter sees the full context), rag (drafter alone).
-    #[arg(long)]
-    mode: Option<String>,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long)]
-    temp: Option<f32>,
-    #[arg(long)]
-    top_p: Option<f32>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Largest draft per round.
-    #[arg(long)]
-    gamma: Option<usize>,
-    /// With lookups, decode exactly this many tokens every round (0 = off; try 8 on a GPU).
-    #[arg(long)]
-    verify_batch: Option<usize>,
-    /// Knowledge-transfer strength (0 = plain speculative decoding).
-    #[arg(long)]
-    eta: Option<f32>,
-    #[arg(long)]
-    max_tokens: Option<usize>,
-    /// Target context size (tokens).
-    #[arg(long)]
-    ctx: Option<u32>,
-    /// Drafter context size (tokens).
-    #[arg(long)]
-    draft_ctx: Option<u32>,
-    /// Tokens of retrieved chunks the drafter sees.
-    #[arg(long)]
-    retrieval_budget: Option<usize>,
-    /// Layers to offload to the GPU (-1 = all).
-    #[arg(long, allow_hyphen_values = true)]
-    gpu_layers: Option<i32>,
-    #[arg(long)]
-    threads: Option<u32>,
-}
-
-impl EngineArgs {
-    /// Flags over config.
-    fn apply(&self, c: &mut rapid_chat::config::EngineConfig) {
-        macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { c.$field = v; } )* };
-        }
-        set!(
-            mode,
-            temp,
-            top_p,
-            seed,
-            gamma,
-            verify_batch,
-            eta,
-            max_tokens,
-            ctx,
-            draft_ctx,
-            retrieval_budget,
-            gpu_layers,
-            threads
-        );
-    }
+    engine: EngineFlags,
 }
 
 fn main() {
@@ -230,50 +162,47 @@ impl Ctx {
         Ok(Self { dirs, config })
     }
 
-    /// The target model's path, fetching the default model when none is configured.
-    fn model_path(&self) -> Result<PathBuf> {
-        match &self.config.model {
-            Some(path) => Ok(path.clone()),
-            None => fetch::ensure(&fetch::SMOLLM2, &self.dirs.models(), false),
-        }
+    /// Sets the command's engine flags over the configuration.
+    fn with_flags(mut self, flags: &EngineFlags) -> Result<Self> {
+        flags.apply(&mut self.config.engine);
+        self.config.validate()?;
+        Ok(self)
     }
 
-    /// The models loaded and their contexts made, with the corpus KV cache as configured.
-    fn engine(&self) -> Result<rapid_chat::session::Engine> {
-        let target = self.model_path()?;
-        let models = rapid_chat::llm::Models::load(
-            &target,
-            self.config.draft_model.as_deref(),
-            self.config.engine.gpu_layers,
-        )?;
-        let mut engine = rapid_chat::session::Engine::new(models, &self.config.engine)?;
-        engine.set_kv_cache(rapid_chat::session::kv_cache(
-            &self.config.engine,
-            self.dirs.kv_cache(),
-        ));
-        Ok(engine)
+    fn corpus(&self, folder: &Path) -> Result<Corpus> {
+        Corpus::open(&self.config, &self.dirs, folder, &pdf_worker()?)
     }
 
-    fn tokenizer(&self) -> Result<Arc<Tokenizer>> {
-        Ok(Arc::new(Tokenizer::load(&self.model_path()?)?))
-    }
-
-    fn indexer(&self, folder: &Path) -> Result<Indexer> {
-        let worker = std::env::current_exe().context("cannot find the rapid-chat executable")?;
-        Indexer::open(
-            &self.dirs.indexes(),
-            folder,
-            self.tokenizer()?,
+    /// The folder's index, brought up to date first (notes on stderr unless `quiet`).
+    fn current_index(&self, folder: &Path, quiet: bool) -> Result<CorpusIndex> {
+        let bar = progress_bar();
+        let index = runtime::current_index(
             &self.config,
-            worker,
-        )
+            &self.dirs,
+            folder,
+            &mut |p| {
+                bar.set_length(p.total as u64);
+                bar.set_position(p.done as u64);
+                bar.set_message(p.path.clone());
+            },
+            &mut |note| {
+                if !quiet || note.starts_with("note:") {
+                    eprintln!("{note}");
+                }
+            },
+        );
+        bar.finish_and_clear();
+        index
     }
 }
 
+/// The rapid-chat executable, which extracts PDFs in a child process.
+fn pdf_worker() -> Result<PathBuf> {
+    std::env::current_exe().context("cannot find the rapid-chat executable")
+}
+
 fn run(cli: Cli) -> Result<()> {
-    let mut ctx = Ctx::new(&cli.global)?;
-    cli.engine.apply(&mut ctx.config.engine);
-    ctx.config.validate()?;
+    let ctx = Ctx::new(&cli.global)?.with_flags(&cli.engine)?;
     match cli.command {
         Some(Command::FetchModel { name }) => {
             let model = fetch::known(&name)?;
@@ -302,11 +231,9 @@ fn run(cli: Cli) -> Result<()> {
                     "the chat UI needs a terminal; for scripts use `rapid-chat ask FOLDER \"QUESTION\"`"
                 );
             }
-            rapid_chat::tui::run(rapid_chat::tui::Options {
+            rapid_chat::tui::run(runtime::Options {
                 folder,
-                model: ctx.model_path()?,
-                pdf_worker: std::env::current_exe()
-                    .context("cannot find the rapid-chat executable")?,
+                pdf_worker: pdf_worker()?,
                 config: ctx.config,
                 dirs: ctx.dirs,
                 new: cli.new,
@@ -315,8 +242,8 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Runs one indexing pass with a progress bar on a terminal.
-fn index_pass(indexer: &mut Indexer) -> Result<Report> {
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files  {wide_msg}")
@@ -325,13 +252,7 @@ fn index_pass(indexer: &mut Indexer) -> Result<Report> {
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let report = indexer.update(&mut |p| {
-        bar.set_length(p.total as u64);
-        bar.set_position(p.done as u64);
-        bar.set_message(p.path.clone());
-    });
-    bar.finish_and_clear();
-    report
+    bar
 }
 
 /// Untrusted text (file names, documents, model output) on one line, safe for a terminal.
@@ -353,9 +274,21 @@ fn print_report(report: &Report, seconds: f64) {
 }
 
 fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()> {
-    let mut indexer = ctx.indexer(folder)?;
+    let mut corpus = ctx.corpus(folder)?;
     let started = Instant::now();
-    let report = index_pass(&mut indexer)?;
+    let bar = progress_bar();
+    let report = corpus.update(&mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(p.path.clone());
+    });
+    bar.finish_and_clear();
+    let report = report?.with_context(|| {
+        format!(
+            "{}: wait for it to finish or quit it",
+            corpus.held.as_deref().unwrap_or("the index is held")
+        )
+    })?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         files = report.files_indexed,
@@ -371,6 +304,7 @@ fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()
     }
     if watch {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let indexer = corpus.into_indexer().context("the index is held")?;
         let _watcher = rapid_chat::corpus::watch::Watcher::start(
             indexer,
             std::time::Duration::from_millis(500),
@@ -385,36 +319,12 @@ fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()
     Ok(())
 }
 
-/// The folder's index, brought up to date first unless another instance holds it.
-fn current_index(ctx: &Ctx, folder: &Path, quiet: bool) -> Result<CorpusIndex> {
-    match ctx.indexer(folder) {
-        Ok(mut indexer) => {
-            let report = index_pass(&mut indexer)?;
-            if !report.indexed.is_empty() && !quiet {
-                eprintln!(
-                    "(indexed {} new or changed files first)",
-                    report.indexed.len()
-                );
-            }
-            indexer.reader()
-        }
-        Err(e) if IndexHeld::is(&e) => {
-            eprintln!("note: {e:#}; using the index as it is");
-            let root = rapid_chat::corpus::index::corpus_root(folder)?;
-            CorpusIndex::open(&ctx.dirs.indexes(), &root)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
-    use rapid_chat::session::TurnSettings;
+fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
     use rapid_chat::speculative::{Event, Flow};
-    args.engine.apply(&mut ctx.config.engine);
-    ctx.config.validate()?;
-    let index = current_index(&ctx, &args.folder, args.json)?;
-    let mut engine = ctx.engine()?;
-    let settings = TurnSettings::from_config(&ctx.config.engine)?;
+    let ctx = ctx.with_flags(&args.engine)?;
+    let index = ctx.current_index(&args.folder, args.json)?;
+    let mut engine = Engine::load(&ctx.config, &ctx.dirs)?;
+    let settings = &ctx.config.engine;
     let tty = std::io::stderr().is_terminal();
     let mut stdout = std::io::stdout();
     let json = args.json;
@@ -434,7 +344,7 @@ fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
         }
         Flow::Continue
     };
-    let answer = engine.answer(&index, &args.question, &[], &settings, &mut sink)?;
+    let answer = engine.answer(&index, &args.question, &[], settings, &mut sink)?;
     let s = &answer.output.stats;
     if json {
         let value = serde_json::json!({
@@ -469,17 +379,10 @@ fn ask_command(mut ctx: Ctx, args: &AskArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
+fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
     use rapid_chat::bench::{self, Task};
-    use rapid_chat::session::TurnSettings;
-    use rapid_chat::speculative::Mode;
-    args.engine.apply(&mut ctx.config.engine);
-    ctx.config.validate()?;
-    let modes: Vec<Mode> = args
-        .modes
-        .iter()
-        .map(|m| m.trim().parse())
-        .collect::<Result<_>>()?;
+    let ctx = ctx.with_flags(&args.engine)?;
+    let modes = args.modes.clone();
     anyhow::ensure!(!modes.is_empty(), "--modes: name at least one mode");
     anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
     let mut tasks: Vec<Task> = Vec::new();
@@ -503,7 +406,7 @@ fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
                 )
             })?,
         };
-        let index = current_index(&ctx, folder, true)?;
+        let index = ctx.current_index(folder, true)?;
         for (i, q) in bench::load_questions(&file)?.into_iter().enumerate() {
             tasks.push(Task {
                 name: format!("q{}", i + 1),
@@ -512,10 +415,11 @@ fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
             });
         }
     } else {
-        let tokenizer = ctx.tokenizer()?;
+        let model = fetch::model_path(ctx.config.model.as_deref(), &ctx.dirs.models())?;
+        let tokenizer = Tokenizer::load(&model)?;
         let root = ctx.dirs.cache.join("bench");
-        for spec in &args.tasks {
-            let (kind, n) = bench::parse_task(spec)?;
+        for task in &args.tasks {
+            let (kind, n) = bench::parse_task(task)?;
             for &depth in &args.depths {
                 anyhow::ensure!(
                     (0.0..=1.0).contains(&depth),
@@ -532,16 +436,15 @@ fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
                         .with_context(|| format!("cannot write {}", doc.display()))?;
                 }
                 tasks.push(Task {
-                    name: format!("{spec}@{depth}"),
-                    index: current_index(&ctx, &folder, true)?,
+                    name: format!("{task}@{depth}"),
+                    index: ctx.current_index(&folder, true)?,
                     question: g.question,
                 });
             }
         }
     }
-    let mut engine = ctx.engine()?;
-    let mut settings = TurnSettings::from_config(&ctx.config.engine)?;
-    settings.params.ignore_eos = args.ignore_eos;
+    let mut engine = Engine::load(&ctx.config, &ctx.dirs)?;
+    let settings = ctx.config.engine.clone();
     let plan = bench::Plan {
         modes: modes.clone(),
         repeat: args.repeat,
@@ -602,7 +505,7 @@ fn bench_command(mut ctx: Ctx, args: &BenchArgs) -> Result<()> {
 }
 
 fn search_command(ctx: &Ctx, folder: &Path, query: &str, top: usize, json: bool) -> Result<()> {
-    let index = current_index(ctx, folder, json)?;
+    let index = ctx.current_index(folder, json)?;
     let hits = index.search(query, top)?;
     if json {
         println!("{}", serde_json::to_string(&hits)?);

@@ -8,8 +8,8 @@ use std::sync::{Mutex, OnceLock};
 
 use rapid_chat::config::{Config, EngineConfig};
 use rapid_chat::corpus::CorpusIndex;
-use rapid_chat::llm::{Context, ContextSpec, Models, fetch};
-use rapid_chat::session::{Engine, TurnSettings};
+use rapid_chat::llm::{Context, ContextSettings, Models, fetch};
+use rapid_chat::session::Engine;
 use rapid_chat::speculative::{Event, Flow, GenToken, Mode, TokenKind};
 
 /// One engine for the file: the model loads once, and tests take turns (2 cores).
@@ -51,10 +51,10 @@ fn demo_index() -> &'static CorpusIndex {
         .1
 }
 
-fn settings(mode: Mode, gamma: usize) -> TurnSettings {
-    let mut s = TurnSettings::from_config(&engine_config()).unwrap();
+fn settings(mode: Mode, gamma: usize) -> EngineConfig {
+    let mut s = engine_config();
     s.mode = mode;
-    s.params.gamma = gamma;
+    s.gamma = gamma;
     s
 }
 
@@ -118,9 +118,9 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
             (Mode::Sd, 4, false, false, 0),
         ] {
             let mut settings = settings(mode, gamma);
-            settings.params.lookup = lookup;
-            settings.params.adaptive = adaptive;
-            settings.params.verify_batch = verify_batch;
+            settings.lookup = lookup;
+            settings.adaptive = adaptive;
+            settings.verify_batch = verify_batch;
             let spec = engine
                 .answer(index, &q, &[], &settings, &mut |_| Flow::Continue)
                 .unwrap();
@@ -198,8 +198,8 @@ fn ignore_eos_runs_to_max_tokens_extending_the_answer_and_rapid_still_matches_ar
         })
         .expect("a demo answer that ends before 48 tokens");
     assert!(normal.stats.plain_step_s > 0.0, "{:?}", normal.stats);
-    ar.params.ignore_eos = true;
-    ar.params.max_tokens = 56;
+    ar.ignore_eos = true;
+    ar.max_tokens = 56;
     let long = engine
         .answer(index, &q, &[], &ar, &mut |_| Flow::Continue)
         .unwrap()
@@ -230,7 +230,7 @@ fn a_follow_up_decodes_only_its_new_tokens_into_the_target() {
     let mut engine = engine();
     let index = demo_index();
     let mut s = settings(Mode::Ar, 4);
-    s.params.max_tokens = 24;
+    s.max_tokens = 24;
     let q1 = "On which port does llama-server listen by default?";
     let a1 = engine
         .answer(index, q1, &[], &s, &mut |_| Flow::Continue)
@@ -288,7 +288,7 @@ fn reopening_restores_the_documents_from_the_kv_cache_with_the_same_answer() {
     let cache = rapid_chat::llm::kvcache::KvCache::new(dir.path().join("kv"), 1 << 30);
     let models = engine().models.clone();
     let mut s = settings(Mode::Ar, 4);
-    s.params.max_tokens = 24;
+    s.max_tokens = 24;
     let q = "Which encoding rules does libtasn1 implement for encoding and decoding?";
     let answer = |engine: &mut Engine| {
         engine
@@ -511,7 +511,7 @@ fn rollback_on_a_sliding_window_model_matches_a_fresh_context() {
     prompt.truncate(800); // beyond Gemma 3's 512-token sliding window
     let detour = tok(" The quick brown fox jumps over the lazy dog many times over and over");
     let ending = tok(" In short, the license says that");
-    let spec = ContextSpec {
+    let spec = ContextSettings {
         n_ctx: 2048,
         threads: 2,
         flash_attention: false,
@@ -657,7 +657,7 @@ fn ask_json_has_the_documented_shape_and_bad_models_fail_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("vocabulary"));
 
-    let mut cfg = Config::default();
-    cfg.engine.mode = "warp".into();
-    assert!(cfg.validate().is_err());
+    // An unknown mode cannot be built: it is refused where text becomes a setting.
+    assert!(Config::parse("[engine]\nmode = \"warp\"\n").is_err());
+    assert!(Config::default().engine.set("mode", "warp").is_err());
 }

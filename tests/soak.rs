@@ -8,7 +8,7 @@ mod common;
 
 use rapid_chat::config::EngineConfig;
 use rapid_chat::llm::Models;
-use rapid_chat::session::{Engine, Turn, TurnSettings};
+use rapid_chat::session::{Engine, Turn};
 use rapid_chat::speculative::Flow;
 
 fn rss_mib() -> f64 {
@@ -49,7 +49,7 @@ fn a_long_session_keeps_memory_flat_and_the_contexts_within_their_size() {
     };
     let models = Models::load(&common::model_path(), None, 0).unwrap();
     let mut engine = Engine::new(models, &config).unwrap();
-    let settings = TurnSettings::from_config(&config).unwrap();
+    let settings = config.clone();
     let asks = [
         "What is llama-server?",
         "Which port does it use?",

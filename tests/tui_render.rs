@@ -3,8 +3,8 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use rapid_chat::config::{Config, EngineConfig};
-use rapid_chat::session::worker::{EngineInfo, Reply};
-use rapid_chat::session::{Source, TurnSettings, View};
+use rapid_chat::runtime::{EngineInfo, Reply};
+use rapid_chat::session::{Source, View};
 use rapid_chat::speculative::{Event, GenToken, Stats, TokenKind};
 use rapid_chat::tui::app::{App, AppEvent};
 use rapid_chat::tui::keymap::Keymap;
@@ -14,7 +14,7 @@ use ratatui::backend::TestBackend;
 use ratatui::style::{Color, Modifier};
 
 fn app() -> App {
-    let settings = TurnSettings::from_config(&EngineConfig::default()).unwrap();
+    let settings = EngineConfig::default();
     App::new(
         "/home/me/papers".into(),
         Keymap::default(),

@@ -18,7 +18,7 @@ use super::backend;
 
 /// Settings of a context.
 #[derive(Debug, Clone, Copy)]
-pub struct ContextSpec {
+pub struct ContextSettings {
     pub n_ctx: u32,
     pub threads: u32,
     /// Flash attention: slower on CPUs here, left to llama.cpp on GPUs.
@@ -44,7 +44,7 @@ pub struct Context {
 impl Context {
     /// A fresh context of `model`. Sliding-window models get `swa_full`, without which rolling
     /// back silently changes later tokens.
-    pub fn new(model: &'static LlamaModel, spec: ContextSpec) -> Result<Self> {
+    pub fn new(model: &'static LlamaModel, spec: ContextSettings) -> Result<Self> {
         check_memory(model, spec)?;
         let n_batch = 512u32.min(spec.n_ctx);
         let threads = i32::try_from(spec.threads).unwrap_or(i32::MAX).max(1);
@@ -298,7 +298,7 @@ impl Context {
 
 /// Refuses a CPU context whose KV cache would not fit in the memory available (llama.cpp
 /// would allocate it and the system would kill the process while it is filled).
-fn check_memory(model: &LlamaModel, spec: ContextSpec) -> Result<()> {
+fn check_memory(model: &LlamaModel, spec: ContextSettings) -> Result<()> {
     if spec.gpu {
         // Its cache lives in GPU memory, where llama.cpp reports a failed allocation.
         return Ok(());

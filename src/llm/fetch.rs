@@ -76,6 +76,15 @@ pub fn known(name: &str) -> Result<&'static KnownModel> {
         })
 }
 
+/// The target model's path: `configured`, or the default model, fetched into `models_dir` when
+/// missing.
+pub fn model_path(configured: Option<&Path>, models_dir: &Path) -> Result<PathBuf> {
+    match configured {
+        Some(path) => Ok(path.to_path_buf()),
+        None => ensure(&SMOLLM2, models_dir, false),
+    }
+}
+
 /// The model's path in `models_dir` if it is there with the right size; fetches it first
 /// otherwise, telling the user on stderr (`quiet` silences that).
 pub fn ensure(model: &KnownModel, models_dir: &Path, quiet: bool) -> Result<PathBuf> {

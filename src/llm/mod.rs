@@ -7,5 +7,5 @@ pub mod fetch;
 pub mod kvcache;
 pub mod model;
 
-pub use context::{Context, ContextSpec};
+pub use context::{Context, ContextSettings};
 pub use model::{Models, Tokenizer, backend};

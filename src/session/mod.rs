@@ -7,23 +7,22 @@ pub mod prompt;
 use anyhow::Result;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::config::EngineConfig;
+use crate::config::{Config, EngineConfig};
 use crate::corpus::CorpusIndex;
 use crate::llm::context::common_prefix;
 use crate::llm::kvcache::{self, KvCache};
-use crate::llm::{Context, ContextSpec, Models};
+use crate::llm::{Context, ContextSettings, Models};
+use crate::paths::Dirs;
 use crate::speculative::decode::{self, Drafter, Output, Params};
 use crate::speculative::{Event, Flow, Mode};
 pub use prompt::{Prompts, Source, Turn, View};
-
-pub mod worker;
 
 /// The loaded models and their two contexts.
 pub struct Engine {
     pub models: Models,
     target: Context,
     drafter: Context,
-    spec: ContextSpec,
+    contexts: ContextSettings,
     draft_ctx: u32,
     /// Whether llama.cpp offloads to a GPU.
     pub gpu: bool,
@@ -74,38 +73,39 @@ pub struct Answer {
     pub view: View,
 }
 
-/// Per-turn settings, from config and flags.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TurnSettings {
-    pub mode: Mode,
-    pub params: Params,
-    pub retrieval_budget: usize,
-}
-
-impl TurnSettings {
-    pub fn from_config(c: &EngineConfig) -> Result<Self> {
-        Ok(Self {
-            mode: c.mode.parse()?,
-            params: Params {
-                gamma: c.gamma,
-                draft_confidence: c.draft_confidence,
-                eta: c.eta,
-                temp: c.temp,
-                top_p: c.top_p,
-                seed: c.seed,
-                max_tokens: c.max_tokens,
-                lookup: c.lookup,
-                lookup_max: c.lookup_max,
-                adaptive: c.adaptive,
-                ignore_eos: false,
-                verify_batch: c.verify_batch,
-            },
-            retrieval_budget: c.retrieval_budget,
-        })
+/// The decode loop's parameters for an answer decoded with `settings`.
+fn params(settings: &EngineConfig) -> Params {
+    Params {
+        gamma: settings.gamma,
+        draft_confidence: settings.draft_confidence,
+        eta: settings.eta,
+        temp: settings.temp,
+        top_p: settings.top_p,
+        seed: settings.seed,
+        max_tokens: settings.max_tokens,
+        lookup: settings.lookup,
+        lookup_max: settings.lookup_max,
+        adaptive: settings.adaptive,
+        ignore_eos: settings.ignore_eos,
+        verify_batch: settings.verify_batch,
     }
 }
 
 impl Engine {
+    /// Loads the configured models (fetching the default model when none is configured) and
+    /// makes their contexts, with the corpus KV cache as configured.
+    pub fn load(config: &Config, dirs: &Dirs) -> Result<Self> {
+        let target = crate::llm::fetch::model_path(config.model.as_deref(), &dirs.models())?;
+        let models = Models::load(
+            &target,
+            config.draft_model.as_deref(),
+            config.engine.gpu_layers,
+        )?;
+        let mut engine = Self::new(models, &config.engine)?;
+        engine.set_kv_cache(kv_cache(&config.engine, dirs.kv_cache()));
+        Ok(engine)
+    }
+
     /// Creates the target and drafter contexts for `models`.
     pub fn new(models: Models, config: &EngineConfig) -> Result<Self> {
         let gpu = crate::llm::backend()?.supports_gpu_offload() && config.gpu_layers != 0;
@@ -114,18 +114,18 @@ impl Engine {
         } else {
             std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2))
         };
-        let spec = ContextSpec {
+        let contexts = ContextSettings {
             n_ctx: config.ctx,
             threads,
             flash_attention: gpu,
             gpu,
         };
-        let target = Context::new(models.target, spec)?;
+        let target = Context::new(models.target, contexts)?;
         let drafter = Context::new(
             models.drafter,
-            ContextSpec {
+            ContextSettings {
                 n_ctx: config.draft_ctx,
-                ..spec
+                ..contexts
             },
         )?;
         let model_id = crate::llm::model::model_fingerprint(&models.target_path);
@@ -133,7 +133,7 @@ impl Engine {
             models,
             target,
             drafter,
-            spec,
+            contexts,
             draft_ctx: config.draft_ctx,
             gpu,
             kv: None,
@@ -167,7 +167,7 @@ impl Engine {
         let settings = format!(
             "n_ctx={} flash={} swa_full=1",
             self.target.n_ctx(),
-            self.spec.flash_attention
+            self.contexts.flash_attention
         );
         let key = kvcache::key(&self.model_id, &settings, docs);
         if let Some(path) = cache.find(&key) {
@@ -218,7 +218,7 @@ impl Engine {
 
     /// CPU threads llama.cpp uses.
     pub fn threads(&self) -> u32 {
-        self.spec.threads
+        self.contexts.threads
     }
 
     /// Target and drafter context sizes.
@@ -232,7 +232,7 @@ impl Engine {
         index: &CorpusIndex,
         question: &str,
         history: &[Turn],
-        settings: &TurnSettings,
+        settings: &EngineConfig,
         sink: &mut dyn FnMut(Event) -> Flow,
     ) -> Result<Answer> {
         let prompts = self.prepare(index, question, history, settings)?;
@@ -245,21 +245,21 @@ impl Engine {
         index: &CorpusIndex,
         question: &str,
         history: &[Turn],
-        settings: &TurnSettings,
+        settings: &EngineConfig,
     ) -> Result<prompt::Prompts> {
         // Vanilla SD gives the drafter the target's whole context: it needs as much room (and
         // keeps it for later turns rather than reallocating).
         let draft_n_ctx = if settings.mode == Mode::Sd {
-            self.spec.n_ctx
+            self.contexts.n_ctx
         } else {
             self.draft_ctx
         };
         if self.drafter.n_ctx() < draft_n_ctx as usize {
             self.drafter = Context::new(
                 self.models.drafter,
-                ContextSpec {
+                ContextSettings {
                     n_ctx: draft_n_ctx,
-                    ..self.spec
+                    ..self.contexts
                 },
             )?;
         }
@@ -267,7 +267,7 @@ impl Engine {
             target_ctx: self.target.n_ctx(),
             draft_ctx: (self.draft_ctx as usize).min(self.drafter.n_ctx()),
             retrieval: settings.retrieval_budget,
-            max_tokens: settings.params.max_tokens,
+            max_tokens: settings.max_tokens,
         };
         prompt::build_after(
             self.models.target,
@@ -298,7 +298,7 @@ impl Engine {
     pub fn run(
         &mut self,
         prompts: prompt::Prompts,
-        settings: &TurnSettings,
+        settings: &EngineConfig,
         sink: &mut dyn FnMut(Event) -> Flow,
     ) -> Result<Answer> {
         let model = self.models.target;
@@ -309,11 +309,11 @@ impl Engine {
         // measured against (vanilla SD drafts a fixed γ with the drafter model). Knowledge
         // transfer (η > 0) needs the drafter's distribution at every position, which lookups and
         // plain steps do not have: then the drafter drafts every round.
-        let speed_only = settings.mode == Mode::Rapid && settings.params.eta <= 0.0;
+        let speed_only = settings.mode == Mode::Rapid && settings.eta <= 0.0;
         let params = &Params {
-            lookup: settings.params.lookup && speed_only,
-            adaptive: settings.params.adaptive && speed_only,
-            ..settings.params.clone()
+            lookup: settings.lookup && speed_only,
+            adaptive: settings.adaptive && speed_only,
+            ..params(settings)
         };
         if settings.mode != Mode::Rag {
             self.last_view = prompts.target_chunks.clone();

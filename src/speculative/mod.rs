@@ -11,43 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// How an answer is decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// The retrieval-augmented drafter proposes, the long-context target verifies.
-    Rapid,
-    /// The target alone, one token per step.
-    Ar,
-    /// Vanilla speculative decoding: the drafter sees the same long context as the target.
-    Sd,
-    /// The retrieval-augmented drafter answering alone.
-    Rag,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "rapid" => Ok(Self::Rapid),
-            "ar" => Ok(Self::Ar),
-            "sd" => Ok(Self::Sd),
-            "rag" => Ok(Self::Rag),
-            other => anyhow::bail!("unknown mode {other:?}: use rapid, ar, sd or rag"),
-        }
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Rapid => "rapid",
-            Self::Ar => "ar",
-            Self::Sd => "sd",
-            Self::Rag => "rag",
-        })
-    }
-}
+pub use crate::config::Mode;
 
 /// Where a generated token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,12 +5,10 @@
 use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use serde::{Deserialize, Serialize};
 
 use super::keymap::{Action, Key, Keymap};
-use crate::corpus::watch::WatchEvent;
-use crate::session::worker::{EngineInfo, Reply};
-use crate::session::{Source, Turn, TurnSettings, View};
+use crate::config::EngineConfig;
+use crate::runtime::{EngineInfo, Reply, Source, Turn, View, WatchEvent, history};
 use crate::speculative::{Event, GenToken, Mode, Stats};
 
 /// Where a chat turn is.
@@ -29,7 +27,7 @@ pub enum TurnState {
 }
 
 /// How an answer ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AnswerStatus {
     Streaming,
     Done,
@@ -38,7 +36,7 @@ pub enum AnswerStatus {
 }
 
 /// One question and its answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub question: String,
     pub tokens: Vec<GenToken>,
@@ -50,18 +48,60 @@ pub struct Entry {
     /// Accepted drafts per round that drafted, for the sparkline.
     pub rounds: Vec<u64>,
     /// Rounds so far, plain target steps included (live tokens per round while streaming).
-    #[serde(default)]
     pub round_count: usize,
     /// Files re-indexed while this answer was being written.
     pub index_changed: bool,
     /// Seconds of drafting and verifying so far (live tokens/s while streaming).
-    #[serde(default)]
     pub decode_s: f64,
 }
 
 impl Entry {
     pub fn answer(&self) -> String {
         self.tokens.iter().map(|t| t.text.as_str()).collect()
+    }
+}
+
+impl From<&history::Entry> for Entry {
+    fn from(e: &history::Entry) -> Self {
+        Self {
+            question: e.question.clone(),
+            tokens: e.tokens.clone(),
+            status: match &e.status {
+                history::Status::Streaming => AnswerStatus::Streaming,
+                history::Status::Done => AnswerStatus::Done,
+                history::Status::Cancelled => AnswerStatus::Cancelled,
+                history::Status::Failed(why) => AnswerStatus::Failed(why.clone()),
+            },
+            mode: e.mode,
+            stats: e.stats.clone(),
+            sources: e.sources.iter().map(Source::from).collect(),
+            view: e.view.clone(),
+            rounds: e.rounds.clone(),
+            round_count: e.stats.as_ref().map_or(0, |s| s.rounds),
+            index_changed: e.index_changed,
+            decode_s: e.stats.as_ref().map_or(0.0, |s| s.decode_s),
+        }
+    }
+}
+
+impl From<&Entry> for history::Entry {
+    fn from(e: &Entry) -> Self {
+        Self {
+            question: e.question.clone(),
+            tokens: e.tokens.clone(),
+            status: match &e.status {
+                AnswerStatus::Streaming => history::Status::Streaming,
+                AnswerStatus::Done => history::Status::Done,
+                AnswerStatus::Cancelled => history::Status::Cancelled,
+                AnswerStatus::Failed(why) => history::Status::Failed(why.clone()),
+            },
+            mode: e.mode,
+            stats: e.stats.clone(),
+            sources: e.sources.iter().map(history::SavedSource::from).collect(),
+            view: e.view.clone(),
+            rounds: e.rounds.clone(),
+            index_changed: e.index_changed,
+        }
     }
 }
 
@@ -90,7 +130,7 @@ pub enum Effect {
     Ask {
         question: String,
         history: Vec<Turn>,
-        settings: TurnSettings,
+        settings: EngineConfig,
     },
     Cancel,
     Save {
@@ -135,7 +175,7 @@ pub struct App {
     pub cursor: usize,
     pub history: Vec<String>,
     history_pos: Option<usize>,
-    pub settings: TurnSettings,
+    pub settings: EngineConfig,
     pub engine: Option<EngineInfo>,
     pub engine_error: Option<String>,
     pub index: IndexStatus,
@@ -158,7 +198,7 @@ impl App {
     pub fn new(
         folder: String,
         keymap: Keymap,
-        settings: TurnSettings,
+        settings: EngineConfig,
         entries: Vec<Entry>,
     ) -> Self {
         let history = entries.iter().map(|e| e.question.clone()).collect();
@@ -628,7 +668,7 @@ impl App {
         let mut parts = text[1..].split_whitespace();
         let name = parts.next().unwrap_or("");
         let arg = parts.next();
-        let p = &mut self.settings.params;
+        let p = &mut self.settings;
         let result: Result<String, String> = match (name, arg) {
             ("mode", Some(m)) => m
                 .parse::<Mode>()
@@ -728,26 +768,15 @@ mod tests {
     use super::*;
     use crate::session::Answer;
     use crate::speculative::TokenKind;
-    use crate::speculative::decode::{Output, Params};
+    use crate::speculative::decode::Output;
 
-    fn settings() -> TurnSettings {
-        TurnSettings {
-            mode: Mode::Rapid,
-            params: Params {
-                gamma: 4,
-                draft_confidence: 0.3,
-                eta: 0.0,
-                temp: 0.0,
-                top_p: 1.0,
-                seed: 1,
-                max_tokens: 64,
-                lookup: true,
-                lookup_max: 16,
-                adaptive: true,
-                ignore_eos: false,
-                verify_batch: 0,
-            },
+    fn settings() -> EngineConfig {
+        EngineConfig {
+            gamma: 4,
+            seed: 1,
+            max_tokens: 64,
             retrieval_budget: 1024,
+            ..EngineConfig::default()
         }
     }
 
@@ -1035,16 +1064,12 @@ mod tests {
         ask(&mut app, "/eta 0.5");
         ask(&mut app, "/temp 0.7");
         assert_eq!(
-            (
-                app.settings.params.gamma,
-                app.settings.params.eta,
-                app.settings.params.temp
-            ),
+            (app.settings.gamma, app.settings.eta, app.settings.temp),
             (8, 0.5, 0.7)
         );
         ask(&mut app, "/gamma 0");
         assert!(app.notice.as_deref().is_some_and(|n| n.contains("1 to 64")));
-        assert_eq!(app.settings.params.gamma, 8);
+        assert_eq!(app.settings.gamma, 8);
         ask(&mut app, "/mode warp");
         assert!(
             app.notice

@@ -211,12 +211,17 @@ impl Default for Keymap {
 }
 
 impl Keymap {
-    /// The defaults with `extra` (action name -> key) added in front.
+    /// The defaults with `extra` (action name -> key, the config's `[tui.keys]`) added in
+    /// front; errors name the config key.
     pub fn with_overrides(extra: &std::collections::BTreeMap<String, String>) -> Result<Self> {
         let mut map = Self::default();
         for (action, key) in extra {
-            map.bindings
-                .insert(0, (parse_key(key)?, Action::from_name(action)?));
+            let named = |e: anyhow::Error| anyhow::anyhow!("tui.keys.{action}: {e}");
+            let binding = (
+                parse_key(key).map_err(named)?,
+                Action::from_name(action).map_err(named)?,
+            );
+            map.bindings.insert(0, binding);
         }
         Ok(map)
     }

@@ -7,9 +7,6 @@ pub mod keymap;
 pub mod markdown;
 pub mod ui;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -18,173 +15,48 @@ use crossterm::event::{self as cevent, Event as CEvent, MouseEventKind};
 use crossterm::{execute, terminal};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
-use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-use crate::corpus::{CorpusIndex, Indexer};
-use crate::llm::{Models, Tokenizer};
-use crate::paths::Dirs;
-use crate::session::worker::{Request, Worker};
-use crate::session::{Engine, TurnSettings};
-use app::{App, AppEvent, Effect, Entry};
-
-/// What the UI needs to start.
-pub struct Options {
-    pub folder: PathBuf,
-    pub config: Config,
-    pub dirs: Dirs,
-    pub model: PathBuf,
-    pub pdf_worker: PathBuf,
-    /// Start without the saved conversation.
-    pub new: bool,
-}
-
-/// A conversation saved for a folder.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    folder: String,
-    entries: Vec<Entry>,
-}
-
-fn history_file(dirs: &Dirs, root: &Path) -> PathBuf {
-    let key = crate::corpus::extract::content_hash(root.to_string_lossy().as_bytes());
-    dirs.data
-        .join("history")
-        .join(format!("{}.json", &key[..16]))
-}
-
-fn load_history(path: &Path) -> Result<Vec<Entry>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(serde_json::from_slice::<Saved>(&bytes)
-            .with_context(|| format!("unreadable conversation {}", path.display()))?
-            .entries),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-fn save_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("no parent folder")?;
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)?;
-    Ok(())
-}
+use crate::runtime::{self, Reply, Request, Runtime, Update, history};
+use app::{App, AppEvent, Effect};
 
 /// Runs the UI until the user quits.
-pub fn run(opts: Options) -> Result<()> {
-    let Options {
-        folder,
-        config,
-        dirs,
-        model,
-        pdf_worker,
-        new,
-    } = opts;
-    let keymap = keymap::Keymap::with_overrides(&config.tui.keys)?;
-    let theme = ui::Theme::from_config(&config.tui);
-    let settings = TurnSettings::from_config(&config.engine)?;
-    let root = crate::corpus::index::corpus_root(&folder)?;
-    let tokenizer = Arc::new(Tokenizer::load(&model)?);
-
-    let (ui_tx, ui_rx) = crossbeam_channel::unbounded::<AppEvent>();
-    let mut read_only = None;
-    let index = match Indexer::open(&dirs.indexes(), &root, tokenizer, &config, pdf_worker) {
-        Ok(indexer) => {
-            let reader = indexer.reader()?;
-            spawn_ingest(indexer, ui_tx.clone())?;
-            reader
-        }
-        Err(e) if crate::corpus::index::IndexHeld::is(&e) => {
-            read_only = Some(format!("{e:#}; read-only view"));
-            CorpusIndex::open(&dirs.indexes(), &root)?
-        }
-        Err(e) => return Err(e),
-    };
-
-    let (engine_tx, engine_rx) = crossbeam_channel::unbounded();
-    let engine_config = config.engine.clone();
-    let draft_model = config.draft_model.clone();
-    let target = model.clone();
-    let kv_dir = dirs.kv_cache();
-    let worker = Worker::spawn(
-        move || {
-            let models = Models::load(&target, draft_model.as_deref(), engine_config.gpu_layers)?;
-            let mut engine = Engine::new(models, &engine_config)?;
-            engine.set_kv_cache(crate::session::kv_cache(&engine_config, kv_dir));
-            Ok((engine, engine_config.gpu_layers))
-        },
-        index,
-        engine_tx,
-    )?;
-
-    let history_path = history_file(&dirs, &root);
-    let (entries, history_note) = if new {
-        (Vec::new(), None)
-    } else {
-        match load_history(&history_path) {
-            Ok(e) => (e, None),
-            Err(e) => (Vec::new(), Some(format!("{e:#}: starting afresh"))),
-        }
-    };
-    let mut app = App::new(root.display().to_string(), keymap, settings, entries);
-    app.notice = read_only.or(history_note);
+pub fn run(opts: runtime::Options) -> Result<()> {
+    let keymap = keymap::Keymap::with_overrides(&opts.config.tui.keys)?;
+    let theme = ui::Theme::from_config(&opts.config.tui);
+    let settings = opts.config.engine.clone();
+    let runtime = Runtime::start(opts)?;
+    let entries = runtime.saved.iter().map(app::Entry::from).collect();
+    let mut app = App::new(
+        runtime.root.display().to_string(),
+        keymap,
+        settings,
+        entries,
+    );
+    app.notice = runtime.notice.clone();
 
     let mut terminal = setup_terminal()?;
-    let result = event_loop(
-        &mut terminal,
-        &mut app,
-        &theme,
-        &ui_rx,
-        &engine_rx,
-        &worker,
-        &history_path,
-    );
+    let result = event_loop(&mut terminal, &mut app, &theme, &runtime);
     restore_terminal();
     result
 }
 
-/// Indexes the folder (committing as it goes, so questions can be asked meanwhile), then keeps
-/// it current with the watcher; all of it reported to the UI.
-fn spawn_ingest(mut indexer: Indexer, tx: Sender<AppEvent>) -> Result<()> {
-    std::thread::Builder::new()
-        .name("ingest".into())
-        .spawn(move || {
-            let report = indexer.update(&mut |p| {
-                let _ = tx.send(AppEvent::IndexProgress {
-                    done: p.done,
-                    total: p.total,
-                });
-            });
-            match report {
-                Ok(r) => {
-                    let _ = tx.send(AppEvent::IndexDone {
-                        chunks: r.chunks,
-                        skipped: r.files_skipped.len(),
-                        indexed: r.files_indexed,
-                    });
-                }
-                Err(e) => {
-                    let _ = tx.send(AppEvent::Notice(format!("indexing failed: {e:#}")));
-                }
-            }
-            let (wtx, wrx) = crossbeam_channel::unbounded();
-            match crate::corpus::watch::Watcher::start(indexer, Duration::from_millis(500), wtx) {
-                Ok(_watcher) => {
-                    for event in wrx {
-                        if tx.send(AppEvent::Watch(event)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(AppEvent::Notice(format!("not watching the folder: {e:#}")));
-                }
-            }
-        })?;
-    Ok(())
+impl From<Update> for AppEvent {
+    fn from(update: Update) -> Self {
+        match update {
+            Update::IndexProgress { done, total } => AppEvent::IndexProgress { done, total },
+            Update::IndexDone {
+                chunks,
+                skipped,
+                indexed,
+            } => AppEvent::IndexDone {
+                chunks,
+                skipped,
+                indexed,
+            },
+            Update::Watch(w) => AppEvent::Watch(w),
+            Update::Notice(n) => AppEvent::Notice(n),
+        }
+    }
 }
 
 type Term = Terminal<CrosstermBackend<std::io::Stdout>>;
@@ -252,22 +124,19 @@ fn spawn_input(tx: Sender<AppEvent>) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn event_loop(
     terminal: &mut Term,
     app: &mut App,
     theme: &ui::Theme,
-    ui_rx: &Receiver<AppEvent>,
-    engine_rx: &Receiver<crate::session::worker::Reply>,
-    worker: &Worker,
-    history_path: &Path,
+    runtime: &Runtime,
 ) -> Result<()> {
     let (input_tx, input_rx) = crossbeam_channel::unbounded();
     spawn_input(input_tx)?;
     let tick = crossbeam_channel::tick(Duration::from_millis(250));
     // A channel whose sender is gone would wake the loop at once, forever: it is swapped for one
     // that never fires.
-    let mut engine_rx = engine_rx.clone();
+    let mut engine_rx: Receiver<Reply> = runtime.replies.clone();
+    let mut updates_rx: Receiver<Update> = runtime.updates.clone();
     loop {
         terminal.draw(|f| ui::draw(f, app, theme))?;
         let first = select! {
@@ -279,19 +148,25 @@ fn event_loop(
                 Ok(r) => Some(AppEvent::Engine(r)),
                 Err(_) => {
                     engine_rx = crossbeam_channel::never();
-                    Some(AppEvent::Engine(crate::session::worker::Reply::LoadFailed(
+                    Some(AppEvent::Engine(Reply::LoadFailed(
                         "the engine stopped unexpectedly (see the log file)".into(),
                     )))
                 }
             },
-            recv(ui_rx) -> e => e.ok(),
+            recv(updates_rx) -> u => match u {
+                Ok(u) => Some(AppEvent::from(u)),
+                Err(_) => {
+                    updates_rx = crossbeam_channel::never();
+                    None
+                }
+            },
             recv(tick) -> _ => None,
         };
         // Take everything already waiting before drawing again (tokens arrive fast).
         let mut events: Vec<AppEvent> = first.into_iter().collect();
         events.extend(input_rx.try_iter());
         events.extend(engine_rx.try_iter().map(AppEvent::Engine));
-        events.extend(ui_rx.try_iter());
+        events.extend(updates_rx.try_iter().map(AppEvent::from));
         for event in events {
             if let AppEvent::Notice(n) = &event
                 && n.is_empty()
@@ -304,29 +179,20 @@ fn event_loop(
                         question,
                         history,
                         settings,
-                    } => worker.ask(Request::Ask {
+                    } => runtime.ask(Request::Ask {
                         question,
                         history,
                         settings,
                     }),
-                    Effect::Cancel => worker.cancel(),
+                    Effect::Cancel => runtime.cancel(),
                     Effect::Save { path, markdown } => {
-                        let note = match save_atomic(&path, markdown.as_bytes()) {
-                            Ok(()) => format!("saved the conversation to {}", path.display()),
-                            Err(e) => format!("cannot save to {}: {e:#}", path.display()),
-                        };
+                        let note = runtime.save_markdown(&path, &markdown);
                         app.handle(AppEvent::Notice(note));
                     }
                     Effect::Persist => {
-                        let saved = Saved {
-                            folder: app.folder.clone(),
-                            entries: app.entries.clone(),
-                        };
-                        if let Err(e) = serde_json::to_vec(&saved)
-                            .map_err(anyhow::Error::from)
-                            .and_then(|b| save_atomic(history_path, &b))
-                        {
-                            tracing::warn!(error = %format!("{e:#}"), "cannot save the conversation");
+                        let entries: Vec<history::Entry> =
+                            app.entries.iter().map(history::Entry::from).collect();
+                        if let Err(e) = runtime.persist(&entries) {
                             app.handle(AppEvent::Notice(format!(
                                 "cannot save the conversation: {e:#}"
                             )));

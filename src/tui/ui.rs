@@ -348,7 +348,7 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             format!("{}/{} chunks", v.chunks_in_view, v.chunks_total),
         ));
     }
-    let p = &app.settings.params;
+    let p = &app.settings;
     lines.push(kv(
         "mode",
         format!("{} γ{} η{} T{}", app.settings.mode, p.gamma, p.eta, p.temp),

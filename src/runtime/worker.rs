@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Answer, Engine, Source, Turn, TurnSettings, View};
+use crate::config::EngineConfig;
 use crate::corpus::CorpusIndex;
+use crate::session::{Answer, Engine, Source, Turn, View};
 use crate::speculative::{Event, Flow};
 
 /// What the UI asks of the engine.
@@ -18,7 +19,7 @@ pub enum Request {
     Ask {
         question: String,
         history: Vec<Turn>,
-        settings: TurnSettings,
+        settings: EngineConfig,
     },
 }
 

@@ -1,0 +1,273 @@
+//! What every front end shares: opening a folder's corpus (one `open`, with the read-only
+//! fallback when another instance holds the index), the ingest and watcher thread, the engine
+//! thread, and the saved conversation. The TUI, `ask` and `bench` are thin users of it; none of
+//! them touches `llm` or `corpus` internals.
+
+pub mod history;
+pub mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::Config;
+use crate::corpus::index::IndexHeld;
+use crate::corpus::{CorpusIndex, Indexer, Progress, Report};
+use crate::llm::Tokenizer;
+use crate::paths::Dirs;
+use crate::session::Engine;
+
+pub use crate::corpus::watch::WatchEvent;
+pub use crate::corpus::{Hit, Skipped};
+pub use crate::session::{Answer, Source, Turn, View};
+pub use history::History;
+pub use worker::{EngineInfo, Reply, Request, Worker};
+
+/// A folder's documents, opened: the index to answer from, and the indexer that keeps it
+/// current unless another instance holds it.
+pub struct Corpus {
+    /// The folder, resolved.
+    pub root: PathBuf,
+    pub index: CorpusIndex,
+    indexer: Option<Indexer>,
+    /// Why the index is read-only (another instance holds it), if it is.
+    pub held: Option<String>,
+}
+
+impl Corpus {
+    /// Opens `folder`'s index in the cache directory, creating it if needed. `pdf_worker` is the
+    /// rapid-chat executable, which extracts PDFs in a child process.
+    pub fn open(config: &Config, dirs: &Dirs, folder: &Path, pdf_worker: &Path) -> Result<Self> {
+        let root = crate::corpus::index::corpus_root(folder)?;
+        let model = crate::llm::fetch::model_path(config.model.as_deref(), &dirs.models())?;
+        let tokenizer = Arc::new(Tokenizer::load(&model)?);
+        match Indexer::open(
+            &dirs.indexes(),
+            &root,
+            tokenizer,
+            config,
+            pdf_worker.to_path_buf(),
+        ) {
+            Ok(indexer) => Ok(Self {
+                index: indexer.reader()?,
+                root,
+                indexer: Some(indexer),
+                held: None,
+            }),
+            Err(e) if IndexHeld::is(&e) => Ok(Self {
+                index: CorpusIndex::open(&dirs.indexes(), &root)?,
+                root,
+                indexer: None,
+                held: Some(format!("{e:#}")),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Brings the index up to date with the folder (None: the index is held elsewhere and is
+    /// used as it is).
+    pub fn update(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<Option<Report>> {
+        let Some(indexer) = self.indexer.as_mut() else {
+            return Ok(None);
+        };
+        let report = indexer.update(progress)?;
+        self.index = indexer.reader()?;
+        Ok(Some(report))
+    }
+
+    /// Keeps the index current until `updates` closes: a first pass (committing as it goes, so
+    /// questions can be asked meanwhile), then the watcher; all of it reported on `updates`.
+    pub fn spawn_ingest(&mut self, updates: Sender<Update>) -> Result<()> {
+        let Some(mut indexer) = self.indexer.take() else {
+            return Ok(());
+        };
+        let tx = updates;
+        std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || {
+                let report = indexer.update(&mut |p| {
+                    let _ = tx.send(Update::IndexProgress {
+                        done: p.done,
+                        total: p.total,
+                    });
+                });
+                match report {
+                    Ok(r) => {
+                        let _ = tx.send(Update::IndexDone {
+                            chunks: r.chunks,
+                            skipped: r.files_skipped.len(),
+                            indexed: r.files_indexed,
+                        });
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Update::Notice(format!("indexing failed: {e:#}")));
+                    }
+                }
+                let (wtx, wrx) = crossbeam_channel::unbounded();
+                match crate::corpus::watch::Watcher::start(indexer, Duration::from_millis(500), wtx)
+                {
+                    Ok(_watcher) => {
+                        for event in wrx {
+                            if tx.send(Update::Watch(event)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Update::Notice(format!("not watching the folder: {e:#}")));
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    /// The indexer, for a front end that drives it itself (`index --watch`); None when held.
+    pub fn into_indexer(self) -> Option<Indexer> {
+        self.indexer
+    }
+}
+
+/// What the background threads other than the engine tell a front end.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// An indexing pass moved on (files done, total).
+    IndexProgress {
+        done: usize,
+        total: usize,
+    },
+    IndexDone {
+        chunks: u64,
+        skipped: usize,
+        indexed: usize,
+    },
+    Watch(WatchEvent),
+    /// Something the user should read (a failure of a background job).
+    Notice(String),
+}
+
+/// What an interactive front end starts with.
+pub struct Options {
+    pub folder: PathBuf,
+    pub config: Config,
+    pub dirs: Dirs,
+    /// The rapid-chat executable (PDFs are extracted in a child process).
+    pub pdf_worker: PathBuf,
+    /// Start without the conversation saved for this folder.
+    pub new: bool,
+}
+
+/// An interactive session over a folder: the corpus kept current, the engine thread, the saved
+/// conversation. Its channels carry everything the front end must show.
+pub struct Runtime {
+    pub root: PathBuf,
+    worker: Worker,
+    /// The engine's replies.
+    pub replies: Receiver<Reply>,
+    /// Indexing and watching.
+    pub updates: Receiver<Update>,
+    history: History,
+    /// The conversation saved for this folder (empty when starting afresh).
+    pub saved: Vec<history::Entry>,
+    /// Something to tell the user about starting (a read-only index, an unreadable history).
+    pub notice: Option<String>,
+}
+
+impl Runtime {
+    /// Opens the corpus and starts ingesting it, starts loading the engine (the first reply says
+    /// whether it loaded), and reads the saved conversation.
+    pub fn start(opts: Options) -> Result<Self> {
+        let Options {
+            folder,
+            config,
+            dirs,
+            pdf_worker,
+            new,
+        } = opts;
+        let mut corpus = Corpus::open(&config, &dirs, &folder, &pdf_worker)?;
+        let (updates_tx, updates) = crossbeam_channel::unbounded();
+        corpus.spawn_ingest(updates_tx)?;
+        let (replies_tx, replies) = crossbeam_channel::unbounded();
+        let history = History::for_folder(&dirs, &corpus.root);
+        let gpu_layers = config.engine.gpu_layers;
+        let worker = Worker::spawn(
+            move || Ok((Engine::load(&config, &dirs)?, gpu_layers)),
+            corpus.index.clone(),
+            replies_tx,
+        )?;
+        let (saved, history_note) = if new {
+            (Vec::new(), None)
+        } else {
+            match history.load() {
+                Ok(entries) => (entries, None),
+                Err(e) => (Vec::new(), Some(format!("{e:#}: starting afresh"))),
+            }
+        };
+        Ok(Self {
+            root: corpus.root,
+            worker,
+            replies,
+            updates,
+            history,
+            saved,
+            notice: corpus
+                .held
+                .map(|h| format!("{h}; read-only view"))
+                .or(history_note),
+        })
+    }
+
+    /// Asks a question; the answer streams on `replies`.
+    pub fn ask(&self, request: Request) {
+        self.worker.ask(request);
+    }
+
+    /// Stops the answer in progress.
+    pub fn cancel(&self) {
+        self.worker.cancel();
+    }
+
+    /// Writes the conversation for this folder, to be loaded at the next start.
+    pub fn persist(&self, entries: &[history::Entry]) -> Result<()> {
+        self.history
+            .save(&self.root.display().to_string(), entries)
+            .inspect_err(|e| {
+                tracing::warn!(error = %format!("{e:#}"), "cannot save the conversation");
+            })
+    }
+
+    /// Writes `markdown` to `path`; the outcome, in words for the user.
+    pub fn save_markdown(&self, path: &Path, markdown: &str) -> String {
+        match history::save_atomic(path, markdown.as_bytes()) {
+            Ok(()) => format!("saved the conversation to {}", path.display()),
+            Err(e) => format!("cannot save to {}: {e:#}", path.display()),
+        }
+    }
+}
+
+/// The folder's index, brought up to date first unless another instance holds it (then a note
+/// goes to `note` and the index is used as it is).
+pub fn current_index(
+    config: &Config,
+    dirs: &Dirs,
+    folder: &Path,
+    progress: &mut dyn FnMut(&Progress),
+    note: &mut dyn FnMut(String),
+) -> Result<CorpusIndex> {
+    let pdf_worker = std::env::current_exe().context("cannot find the rapid-chat executable")?;
+    let mut corpus = Corpus::open(config, dirs, folder, &pdf_worker)?;
+    match corpus.update(progress)? {
+        Some(report) if !report.indexed.is_empty() => note(format!(
+            "(indexed {} new or changed files first)",
+            report.indexed.len()
+        )),
+        Some(_) => {}
+        None => note(format!(
+            "note: {}; using the index as it is",
+            corpus.held.as_deref().unwrap_or("the index is held")
+        )),
+    }
+    Ok(corpus.index)
+}
