@@ -766,7 +766,7 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::Answer;
+    use crate::runtime::Answer;
     use crate::speculative::TokenKind;
     use crate::speculative::decode::Output;
 
