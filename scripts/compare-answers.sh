@@ -25,7 +25,8 @@ for mode in ar rapid sd rag; do
       # An earlier run's answers of a side are kept (the old build may be gone).
       [ -s "$out/$side-$mode-$i.json" ] && continue
       "$bin" "$@" ask assets/demo "${questions[$i]}" --json --mode "$mode" \
-        >"$out/$side-$mode-$i.json" 2>"$out/$side-$mode-$i.err"
+        >"$out/$side-$mode-$i.json" 2>"$out/$side-$mode-$i.err" ||
+        echo "$side $mode q$((i + 1)) failed: see $out/$side-$mode-$i.err" >&2
     done
     [ -s "$out/new-$mode-$i.json" ] || continue
     same=$(python3 - "$out/old-$mode-$i.json" "$out/new-$mode-$i.json" <<'PY'
