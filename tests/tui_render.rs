@@ -200,7 +200,7 @@ fn the_sources_pane_and_a_finished_answer() {
         ..Stats::default()
     };
     app.handle(AppEvent::Engine(Reply::Event(Event::Done(stats.clone()))));
-    let mut answer_tokens = app.entries[0].tokens.clone();
+    let mut answer_tokens = app.conversation.entries[0].tokens.clone();
     answer_tokens.truncate(8);
     app.handle(AppEvent::Engine(Reply::Finished(Box::new(
         rapid_chat::session::Answer {

@@ -320,7 +320,7 @@ fn event_loop(
                     Effect::Persist => {
                         let saved = Saved {
                             folder: app.folder.clone(),
-                            entries: app.entries.clone(),
+                            entries: app.conversation.entries.clone(),
                         };
                         if let Err(e) = serde_json::to_vec(&saved)
                             .map_err(anyhow::Error::from)

@@ -1,0 +1,71 @@
+//! What the app's tests share: settings, an app, and the engine's replies made by hand.
+
+use super::{App, Keymap};
+use crate::session::worker::Reply;
+use crate::session::{Answer, TurnSettings, View};
+use crate::speculative::decode::{Output, Params};
+use crate::speculative::{Event, GenToken, Mode, Stats, TokenKind};
+
+pub fn settings() -> TurnSettings {
+    TurnSettings {
+        mode: Mode::Rapid,
+        params: Params {
+            gamma: 4,
+            draft_confidence: 0.3,
+            eta: 0.0,
+            temp: 0.0,
+            top_p: 1.0,
+            seed: 1,
+            max_tokens: 64,
+            lookup: true,
+            lookup_max: 16,
+            adaptive: true,
+            ignore_eos: false,
+            verify_batch: 0,
+        },
+        retrieval_budget: 1024,
+    }
+}
+
+pub fn app() -> App {
+    App::new("docs".into(), Keymap::default(), settings(), Vec::new())
+}
+
+pub fn gen_token(text: &str, kind: TokenKind) -> GenToken {
+    GenToken {
+        id: 1,
+        text: text.into(),
+        kind,
+        margin: 1.0,
+    }
+}
+
+pub fn token(text: &str, kind: TokenKind) -> Reply {
+    Reply::Event(Event::Token(GenToken {
+        margin: 2.0,
+        ..gen_token(text, kind)
+    }))
+}
+
+pub fn prefill(done: usize, total: usize) -> Reply {
+    Reply::Event(Event::Prefill { done, total })
+}
+
+pub fn finished(tokens: Vec<GenToken>, cancelled: bool) -> Reply {
+    let stats = Stats {
+        generated_tokens: tokens.len(),
+        cancelled,
+        ..Stats::default()
+    };
+    Reply::Finished(Box::new(Answer {
+        mode: Mode::Rapid,
+        output: Output {
+            text: tokens.iter().map(|t| t.text.clone()).collect(),
+            tokens,
+            end_margin: None,
+            stats,
+        },
+        sources: Vec::new(),
+        view: View::default(),
+    }))
+}
