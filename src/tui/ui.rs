@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Gauge, Paragraph, Sparkline, Wrap};
 
 use super::app::{AnswerStatus, App, Entry, Focus, TurnState, commands};
-use super::keymap::Action;
+use super::keymap::{Action, HELP_CHAR, SOURCE_NEXT_CHAR, SOURCE_PREV_CHAR};
 use super::markdown::{self, Palette};
 use crate::speculative::{Mode, TokenKind};
 
@@ -122,8 +122,11 @@ fn chat_lines(app: &App, theme: &Theme, width: usize) -> Vec<Line<'static>> {
     if entries.is_empty() {
         lines.extend(markdown::plain(
             &format!(
-                "Ask a question about the documents in {}. Enter sends; ? or F1 shows the keys.",
-                app.folder
+                "Ask a question about the documents in {}. {} sends; {HELP_CHAR} or {} shows the \
+                 keys.",
+                app.folder,
+                app.keymap.hint(Action::Send),
+                app.keymap.hint(Action::Help)
             ),
             dim,
             width,
@@ -202,11 +205,12 @@ fn draw_chat(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 }
 
 fn draw_sources(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    let b = block(
-        "sources given to the drafter (Tab, j/k, Enter)",
-        theme,
-        app.focus == Focus::Sources,
+    let title = format!(
+        "sources given to the drafter ({}, {SOURCE_NEXT_CHAR}/{SOURCE_PREV_CHAR}, {})",
+        app.keymap.hint(Action::Focus),
+        app.keymap.hint(Action::Send)
     );
+    let b = block(&title, theme, app.focus == Focus::Sources);
     let inner = b.inner(area);
     f.render_widget(b, area);
     let sources = app.conversation.current_sources();
@@ -238,12 +242,17 @@ fn draw_sources(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 }
 
 fn draw_input(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let keys = &app.keymap;
     let title = if app.conversation.busy() {
-        "question (Esc stops the answer)"
+        format!("question ({} stops the answer)", keys.hint(Action::Cancel))
     } else {
-        "question (Enter sends, Alt-Enter new line)"
+        format!(
+            "question ({} sends, {} new line)",
+            keys.hint(Action::Send),
+            keys.hint(Action::NewLine)
+        )
     };
-    let b = block(title, theme, app.focus == Focus::Input);
+    let b = block(&title, theme, app.focus == Focus::Input);
     let inner = b.inner(area);
     f.render_widget(b, area);
     let input = app.editor.text();
@@ -576,14 +585,8 @@ fn draw_status(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             Style::default().fg(Color::DarkGray),
         ));
     }
-    let help = app
-        .keymap
-        .keys_for(Action::Help)
-        .first()
-        .cloned()
-        .unwrap_or_default();
     spans.push(Span::styled(
-        format!("?/{help} help"),
+        format!("{HELP_CHAR}/{} help", app.keymap.hint(Action::Help)),
         Style::default().fg(Color::DarkGray),
     ));
     f.render_widget(Paragraph::new(Line::from(spans)), area);
