@@ -70,6 +70,11 @@ pub enum AppEvent {
     Key(KeyEvent),
     Paste(String),
     Scroll(i32),
+    /// The terminal's new size, in columns and rows.
+    Resize {
+        width: u16,
+        height: u16,
+    },
     Engine(Reply),
     /// An indexing pass moved on (files done, total).
     IndexProgress {
@@ -103,13 +108,15 @@ pub struct App {
     pub focus: Focus,
     pub selected_source: usize,
     pub source_open: bool,
+    /// The terminal's size (columns, rows) since it was last resized.
+    pub size: Option<(u16, u16)>,
     /// A message for the status line (errors of commands, saves).
     pub notice: Option<String>,
     pub quit: bool,
 }
 
-/// Lines a page scrolls.
-const PAGE: i32 = 10;
+/// Lines a page scrolls before the terminal's size is known.
+const PAGE: usize = 10;
 
 impl App {
     pub fn new(
@@ -133,6 +140,7 @@ impl App {
             focus: Focus::Input,
             selected_source: 0,
             source_open: false,
+            size: None,
             notice: None,
             quit: false,
         }
@@ -147,6 +155,10 @@ impl App {
             }
             AppEvent::Scroll(lines) => {
                 self.scroll_by(lines);
+                vec![]
+            }
+            AppEvent::Resize { width, height } => {
+                self.size = Some((width, height));
                 vec![]
             }
             AppEvent::Engine(reply) => {
@@ -302,11 +314,11 @@ impl App {
                 vec![]
             }
             Action::PageUp => {
-                self.scroll_by(PAGE);
+                self.scroll_by(self.page());
                 vec![]
             }
             Action::PageDown => {
-                self.scroll_by(-PAGE);
+                self.scroll_by(-self.page());
                 vec![]
             }
             Action::HistoryPrev | Action::HistoryNext if self.focus == Focus::Sources => {
@@ -356,6 +368,15 @@ impl App {
         if !self.show_sources && self.focus == Focus::Sources {
             self.focus = Focus::Input;
         }
+    }
+
+    /// Lines a page scrolls: half the terminal once its size is known, which keeps the reader's
+    /// place in view across the jump whatever the layout around the chat.
+    fn page(&self) -> i32 {
+        let lines = self
+            .size
+            .map_or(PAGE, |(_, rows)| usize::from(rows / 2).max(1));
+        lines as i32
     }
 
     fn scroll_by(&mut self, lines: i32) {
@@ -655,5 +676,31 @@ mod tests {
             Focus::Input,
             "hiding the pane gives the focus back"
         );
+    }
+
+    #[test]
+    fn a_resize_is_recorded_and_a_page_is_half_the_terminal() {
+        let mut app = app();
+        app.handle(key(KeyCode::PageUp));
+        assert_eq!(app.scroll, PAGE, "before any resize");
+        assert!(
+            app.handle(AppEvent::Resize {
+                width: 100,
+                height: 40
+            })
+            .is_empty()
+        );
+        assert_eq!(app.size, Some((100, 40)));
+        app.handle(key(KeyCode::PageUp));
+        assert_eq!(app.scroll, PAGE + 20);
+        app.handle(key(KeyCode::PageDown));
+        app.handle(key(KeyCode::PageDown));
+        assert_eq!(app.scroll, 0, "never below the bottom");
+        app.handle(AppEvent::Resize {
+            width: 10,
+            height: 1,
+        });
+        app.handle(key(KeyCode::PageUp));
+        assert_eq!(app.scroll, 1, "a page is at least a line");
     }
 }

@@ -241,7 +241,7 @@ fn spawn_input(tx: Sender<AppEvent>) -> Result<()> {
                         MouseEventKind::ScrollDown => AppEvent::Scroll(-3),
                         _ => continue,
                     },
-                    CEvent::Resize(..) => AppEvent::Notice(String::new()),
+                    CEvent::Resize(width, height) => AppEvent::Resize { width, height },
                     _ => continue,
                 };
                 if tx.send(app_event).is_err() {
@@ -293,11 +293,6 @@ fn event_loop(
         events.extend(engine_rx.try_iter().map(AppEvent::Engine));
         events.extend(ui_rx.try_iter());
         for event in events {
-            if let AppEvent::Notice(n) = &event
-                && n.is_empty()
-            {
-                continue; // a resize: the next draw adapts
-            }
             for effect in app.handle(event) {
                 match effect {
                     Effect::Ask {
