@@ -253,13 +253,10 @@ impl EngineConfig {
         let checks: [(bool, &str); 11] = [
             (e.ctx >= 256, "ctx must be at least 256"),
             (e.draft_ctx >= 256, "draft_ctx must be at least 256"),
-            (
-                e.gamma >= 1 && e.gamma <= 64,
-                "gamma must be between 1 and 64",
-            ),
+            (e.gamma >= 1 && e.gamma <= 64, "gamma must be from 1 to 64"),
             (
                 e.lookup_max >= 1 && e.lookup_max <= 64,
-                "lookup_max must be between 1 and 64",
+                "lookup_max must be from 1 to 64",
             ),
             (
                 e.verify_batch != 1 && e.verify_batch <= 64,

@@ -47,7 +47,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a file of `src/` belongs to (None: lib.rs, main.rs).
 fn module_of(src: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(src).unwrap();
-    let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
+    let first = rel
+        .components()
+        .next()?
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
     let name = first.trim_end_matches(".rs").to_string();
     (name != "lib" && name != "main").then_some(name)
 }
@@ -93,5 +98,9 @@ fn every_module_uses_only_the_layers_below_it() {
             }
         }
     }
-    assert!(wrong.is_empty(), "arrows that run up or sideways:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "arrows that run up or sideways:\n{}",
+        wrong.join("\n")
+    );
 }

@@ -200,7 +200,7 @@ fn the_sources_pane_and_a_finished_answer() {
         ..Stats::default()
     };
     app.handle(AppEvent::Engine(Reply::Event(Event::Done(stats.clone()))));
-    let mut answer_tokens = app.entries[0].tokens.clone();
+    let mut answer_tokens = app.conversation.entries[0].tokens.clone();
     answer_tokens.truncate(8);
     app.handle(AppEvent::Engine(Reply::Finished(Box::new(
         rapid_chat::session::Answer {
@@ -355,4 +355,58 @@ fn context_use_is_shown_against_the_answers_own_context_size() {
     });
     assert!(s.contains("3951 ") && !s.contains("3951/"), "{s}");
     assert!(s.contains("1088/1536"), "{s}");
+}
+
+/// Every key hint is made from the keymap: keys rebound in the config are the keys the screen
+/// names, in the chat, the input's title, the sources pane and the status line.
+#[test]
+fn key_hints_name_the_keys_the_config_bound() {
+    let extra = [
+        ("send", "ctrl-s"),
+        ("help", "f5"),
+        ("cancel", "ctrl-x"),
+        ("focus", "f6"),
+    ]
+    .into_iter()
+    .map(|(a, k)| (a.to_owned(), k.to_owned()))
+    .collect();
+    let settings = EngineConfig::default();
+    let keymap = Keymap::with_overrides(&extra).unwrap();
+    let mut app = App::new("/home/me/papers".into(), keymap, settings, Vec::new());
+    let screen = |app: &App| {
+        let terminal = draw(app, 160, 30);
+        let buffer = terminal.backend().buffer();
+        let width = buffer.area.width as usize;
+        let cells: Vec<&str> = buffer.content().iter().map(|c| c.symbol()).collect();
+        cells
+            .chunks(width)
+            .map(|row| row.concat())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let s = screen(&app);
+    assert!(s.contains("Ctrl-S sends; ? or F5 shows the keys."), "{s}");
+    assert!(
+        s.contains("question (Ctrl-S sends, Alt-Enter new line)"),
+        "{s}"
+    );
+    assert!(s.contains("?/F5 help"), "{s}");
+    app.handle(AppEvent::Key(KeyEvent::new(
+        KeyCode::Char('q'),
+        KeyModifiers::NONE,
+    )));
+    app.handle(AppEvent::Key(KeyEvent::new(
+        KeyCode::Char('s'),
+        KeyModifiers::CONTROL,
+    )));
+    app.handle(AppEvent::Key(KeyEvent::new(
+        KeyCode::F(2),
+        KeyModifiers::NONE,
+    )));
+    let s = screen(&app);
+    assert!(s.contains("question (Ctrl-X stops the answer)"), "{s}");
+    assert!(
+        s.contains("sources given to the drafter (F6, j/k, Ctrl-S)"),
+        "{s}"
+    );
 }

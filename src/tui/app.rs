@@ -1,109 +1,32 @@
 //! The application state as a pure state machine: `handle(event) -> effects`. No I/O here: the
 //! effects (ask the engine, cancel, save, persist, quit) are data, carried out by the runtime,
 //! which is why every transition is tested without a terminal, a model or a disk.
+//!
+//! The app composes parts with one job each: the chat turn's state machine
+//! ([`conversation`]), the question being typed ([`editor`]) and the slash commands
+//! ([`commands`]). It owns what is left: what a key means where the focus is, scrolling,
+//! popups, the index's progress and the status line.
+
+pub mod commands;
+pub mod conversation;
+pub mod editor;
+#[cfg(test)]
+mod fixtures;
 
 use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::keymap::{Action, Key, Keymap};
+use super::keymap::{
+    Action, HELP_CHAR, Key, Keymap, QUIT_CHAR, SOURCE_NEXT_CHAR, SOURCE_PREV_CHAR,
+};
 use crate::config::EngineConfig;
-use crate::runtime::{EngineInfo, Reply, Source, Turn, View, WatchEvent, history};
-use crate::speculative::{Event, GenToken, Mode, Stats};
-
-/// Where a chat turn is.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TurnState {
-    Idle,
-    /// Sent; the engine is retrieving and building prompts.
-    Retrieving,
-    Prefilling {
-        done: usize,
-        total: usize,
-    },
-    Generating,
-    /// Cancel asked; waiting for the engine to stop.
-    Cancelling,
-}
-
-/// How an answer ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AnswerStatus {
-    Streaming,
-    Done,
-    Cancelled,
-    Failed(String),
-}
-
-/// One question and its answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub question: String,
-    pub tokens: Vec<GenToken>,
-    pub status: AnswerStatus,
-    pub mode: Mode,
-    pub stats: Option<Stats>,
-    pub sources: Vec<Source>,
-    pub view: Option<View>,
-    /// Accepted drafts per round that drafted, for the sparkline.
-    pub rounds: Vec<u64>,
-    /// Rounds so far, plain target steps included (live tokens per round while streaming).
-    pub round_count: usize,
-    /// Files re-indexed while this answer was being written.
-    pub index_changed: bool,
-    /// Seconds of drafting and verifying so far (live tokens/s while streaming).
-    pub decode_s: f64,
-}
-
-impl Entry {
-    pub fn answer(&self) -> String {
-        self.tokens.iter().map(|t| t.text.as_str()).collect()
-    }
-}
-
-impl From<&history::Entry> for Entry {
-    fn from(e: &history::Entry) -> Self {
-        Self {
-            question: e.question.clone(),
-            tokens: e.tokens.clone(),
-            status: match &e.status {
-                history::Status::Streaming => AnswerStatus::Streaming,
-                history::Status::Done => AnswerStatus::Done,
-                history::Status::Cancelled => AnswerStatus::Cancelled,
-                history::Status::Failed(why) => AnswerStatus::Failed(why.clone()),
-            },
-            mode: e.mode,
-            stats: e.stats.clone(),
-            sources: e.sources.iter().map(Source::from).collect(),
-            view: e.view.clone(),
-            rounds: e.rounds.clone(),
-            round_count: e.stats.as_ref().map_or(0, |s| s.rounds),
-            index_changed: e.index_changed,
-            decode_s: e.stats.as_ref().map_or(0.0, |s| s.decode_s),
-        }
-    }
-}
-
-impl From<&Entry> for history::Entry {
-    fn from(e: &Entry) -> Self {
-        Self {
-            question: e.question.clone(),
-            tokens: e.tokens.clone(),
-            status: match &e.status {
-                AnswerStatus::Streaming => history::Status::Streaming,
-                AnswerStatus::Done => history::Status::Done,
-                AnswerStatus::Cancelled => history::Status::Cancelled,
-                AnswerStatus::Failed(why) => history::Status::Failed(why.clone()),
-            },
-            mode: e.mode,
-            stats: e.stats.clone(),
-            sources: e.sources.iter().map(history::SavedSource::from).collect(),
-            view: e.view.clone(),
-            rounds: e.rounds.clone(),
-            index_changed: e.index_changed,
-        }
-    }
-}
+use crate::runtime::Reply;
+use crate::runtime::Turn;
+use crate::runtime::WatchEvent;
+pub use conversation::{AnswerStatus, Conversation, Entry, TurnState};
+use conversation::{ChatEvent, Refusal};
+use editor::{Editor, Recall};
 
 /// The corpus as the UI knows it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -148,6 +71,11 @@ pub enum AppEvent {
     Key(KeyEvent),
     Paste(String),
     Scroll(i32),
+    /// The terminal's new size, in columns and rows.
+    Resize {
+        width: u16,
+        height: u16,
+    },
     Engine(Reply),
     /// An indexing pass moved on (files done, total).
     IndexProgress {
@@ -168,16 +96,10 @@ pub enum AppEvent {
 pub struct App {
     pub folder: String,
     pub keymap: Keymap,
-    pub entries: Vec<Entry>,
-    pub turn: TurnState,
-    pub input: String,
-    /// Byte offset of the cursor in `input`.
-    pub cursor: usize,
-    pub history: Vec<String>,
-    history_pos: Option<usize>,
+    pub conversation: Conversation,
+    pub editor: Editor,
+    /// What the next question is asked with.
     pub settings: EngineConfig,
-    pub engine: Option<EngineInfo>,
-    pub engine_error: Option<String>,
     pub index: IndexStatus,
     pub show_help: bool,
     pub show_sources: bool,
@@ -187,11 +109,14 @@ pub struct App {
     pub focus: Focus,
     pub selected_source: usize,
     pub source_open: bool,
+    /// The terminal's size (columns, rows) since it was last resized.
+    pub size: Option<(u16, u16)>,
     /// A message for the status line (errors of commands, saves).
     pub notice: Option<String>,
     pub quit: bool,
 }
 
+/// Lines a page scrolls before the terminal's size is known.
 const PAGE: usize = 10;
 
 impl App {
@@ -205,15 +130,9 @@ impl App {
         Self {
             folder,
             keymap,
-            entries,
-            turn: TurnState::Idle,
-            input: String::new(),
-            cursor: 0,
-            history,
-            history_pos: None,
+            conversation: Conversation::new(entries),
+            editor: Editor::new(history),
             settings,
-            engine: None,
-            engine_error: None,
             index: IndexStatus::default(),
             show_help: false,
             show_sources: false,
@@ -222,45 +141,34 @@ impl App {
             focus: Focus::Input,
             selected_source: 0,
             source_open: false,
+            size: None,
             notice: None,
             quit: false,
         }
-    }
-
-    /// Whether an answer is being produced.
-    pub fn busy(&self) -> bool {
-        self.turn != TurnState::Idle
-    }
-
-    /// The earlier turns a new question sees (failed ones left out).
-    pub fn conversation(&self) -> Vec<Turn> {
-        self.entries
-            .iter()
-            .filter(|e| matches!(e.status, AnswerStatus::Done | AnswerStatus::Cancelled))
-            .map(|e| Turn {
-                question: e.question.clone(),
-                answer: e.answer(),
-            })
-            .collect()
-    }
-
-    /// The sources of the latest answer.
-    pub fn current_sources(&self) -> &[Source] {
-        self.entries.last().map_or(&[], |e| e.sources.as_slice())
     }
 
     pub fn handle(&mut self, event: AppEvent) -> Vec<Effect> {
         match event {
             AppEvent::Key(key) => self.on_key(key),
             AppEvent::Paste(text) => {
-                self.insert(&text.replace("\r\n", "\n").replace('\r', "\n"));
+                self.editor.insert(&text);
                 vec![]
             }
             AppEvent::Scroll(lines) => {
                 self.scroll_by(lines);
                 vec![]
             }
-            AppEvent::Engine(reply) => self.on_engine(reply),
+            AppEvent::Resize { width, height } => {
+                self.size = Some((width, height));
+                vec![]
+            }
+            AppEvent::Engine(reply) => {
+                if matches!(reply, Reply::Started { .. }) {
+                    // A new answer's sources: the selection starts at the best.
+                    self.selected_source = 0;
+                }
+                self.chat(ChatEvent::Engine(reply))
+            }
             AppEvent::IndexProgress { done, total } => {
                 self.index.progress = Some((done, total));
                 vec![]
@@ -280,10 +188,7 @@ impl App {
                 });
                 vec![]
             }
-            AppEvent::Watch(w) => {
-                self.on_watch(w);
-                vec![]
-            }
+            AppEvent::Watch(w) => self.on_watch(w),
             AppEvent::Notice(text) => {
                 self.notice = Some(text);
                 vec![]
@@ -291,128 +196,48 @@ impl App {
         }
     }
 
-    fn on_watch(&mut self, w: WatchEvent) {
+    /// Hands `event` to the conversation; a refusal goes to the status line.
+    fn chat(&mut self, event: ChatEvent) -> Vec<Effect> {
+        self.conversation.handle(event).unwrap_or_else(|r| {
+            self.notice = Some(self.refusal(&r));
+            vec![]
+        })
+    }
+
+    /// A refusal in words, naming the user's own keys.
+    fn refusal(&self, r: &Refusal) -> String {
+        match r {
+            Refusal::Busy => format!(
+                "an answer is still running: {} stops it",
+                self.keymap.hint(Action::Cancel)
+            ),
+            Refusal::NoModel(e) => format!("the model could not be loaded: {e}"),
+        }
+    }
+
+    fn on_watch(&mut self, w: WatchEvent) -> Vec<Effect> {
         let change = match w {
             WatchEvent::Indexed(path) => format!("re-indexed {path}"),
             WatchEvent::Removed(path) => format!("removed {path} from the index"),
             WatchEvent::Failed { path, reason } => format!("skipped {path}: {reason}"),
             WatchEvent::Updated { chunks } => {
                 self.index.chunks = chunks;
-                return;
+                return vec![];
             }
             WatchEvent::Error(e) => format!("watcher: {e}"),
         };
-        if self.busy()
-            && let Some(last) = self.entries.last_mut()
-        {
-            last.index_changed = true;
-        }
         self.index.last_change = Some(change);
-    }
-
-    fn on_engine(&mut self, reply: Reply) -> Vec<Effect> {
-        match reply {
-            Reply::Loaded(info) => {
-                self.engine = Some(info);
-                vec![]
-            }
-            Reply::LoadFailed(e) => {
-                // A question sent while the model was loading will get no answer.
-                if let Some(last) = self.streaming() {
-                    last.status = AnswerStatus::Failed(e.clone());
-                }
-                self.turn = TurnState::Idle;
-                self.engine_error = Some(e);
-                vec![]
-            }
-            Reply::Started { sources, view } => {
-                if let Some(last) = self.streaming() {
-                    last.sources = sources;
-                    last.view = Some(view);
-                }
-                self.selected_source = 0;
-                vec![]
-            }
-            Reply::Event(event) => {
-                self.on_decode_event(event);
-                vec![]
-            }
-            Reply::Finished(answer) => {
-                let cancelled = answer.output.stats.cancelled;
-                if let Some(last) = self.streaming() {
-                    last.tokens = answer.output.tokens;
-                    last.stats = Some(answer.output.stats);
-                    last.status = if cancelled {
-                        AnswerStatus::Cancelled
-                    } else {
-                        AnswerStatus::Done
-                    };
-                }
-                self.turn = TurnState::Idle;
-                vec![Effect::Persist]
-            }
-            Reply::Failed(e) => {
-                if let Some(last) = self.streaming() {
-                    last.status = AnswerStatus::Failed(e);
-                }
-                self.turn = TurnState::Idle;
-                vec![Effect::Persist]
-            }
-        }
-    }
-
-    fn on_decode_event(&mut self, event: Event) {
-        match event {
-            Event::Prefill { done, total } => {
-                if self.turn != TurnState::Cancelling {
-                    self.turn = TurnState::Prefilling { done, total };
-                }
-            }
-            Event::Token(t) => {
-                if self.turn != TurnState::Cancelling {
-                    self.turn = TurnState::Generating;
-                }
-                if let Some(last) = self.streaming() {
-                    last.tokens.push(t);
-                }
-            }
-            Event::Round {
-                drafted,
-                accepted,
-                t_draft,
-                t_verify,
-                ..
-            } => {
-                if let Some(last) = self.streaming() {
-                    last.round_count += 1;
-                    // The sparkline shows drafts; plain target steps have none.
-                    if drafted > 0 {
-                        last.rounds.push(accepted as u64);
-                    }
-                    last.decode_s += (t_draft + t_verify).as_secs_f64();
-                }
-            }
-            Event::Done(stats) => {
-                if let Some(last) = self.streaming() {
-                    last.stats = Some(stats);
-                }
-            }
-        }
-    }
-
-    fn streaming(&mut self) -> Option<&mut Entry> {
-        self.entries
-            .last_mut()
-            .filter(|e| e.status == AnswerStatus::Streaming)
+        self.chat(ChatEvent::IndexChanged)
     }
 
     fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
         let k = Key::of(&key);
+        let action = self.keymap.action(k);
         if self.show_help || self.source_open {
             // Any key closes a popup; Ctrl-C still quits.
             self.show_help = false;
             self.source_open = false;
-            if self.keymap.action(k) != Some(Action::Quit) {
+            if action != Some(Action::Quit) {
                 return vec![];
             }
         }
@@ -423,40 +248,40 @@ impl App {
                 .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
         {
             let bare = k.mods.is_empty();
-            if bare && c == 'q' && !typing {
+            if bare && c == QUIT_CHAR && !typing {
                 return self.quit();
             }
-            if bare && c == '?' && (!typing || self.input.is_empty()) {
+            if bare && c == HELP_CHAR && (!typing || self.editor.is_empty()) {
                 self.show_help = true;
                 return vec![];
             }
-            if !typing && self.focus == Focus::Sources {
+            if self.focus == Focus::Sources {
                 match c {
-                    'j' => return self.action(Action::HistoryNext),
-                    'k' => return self.action(Action::HistoryPrev),
+                    SOURCE_NEXT_CHAR => return self.action(Action::HistoryNext),
+                    SOURCE_PREV_CHAR => return self.action(Action::HistoryPrev),
                     _ => {}
                 }
             }
-            if typing && self.keymap.action(k).is_none() {
-                self.insert(&c.to_string());
+            if typing && action.is_none() {
+                self.editor.insert(&c.to_string());
                 return vec![];
             }
         }
-        if let Some(action) = self.keymap.action(k) {
-            return self.action(action);
+        match action {
+            Some(action) => self.action(action),
+            None => {
+                if typing {
+                    self.editor.edit(key.code);
+                }
+                vec![]
+            }
         }
-        if typing {
-            self.edit(key.code);
-        } else if self.focus == Focus::Sources && key.code == KeyCode::Enter {
-            self.source_open = !self.current_sources().is_empty();
-        }
-        vec![]
     }
 
     fn quit(&mut self) -> Vec<Effect> {
         self.quit = true;
         let mut effects = Vec::new();
-        if self.busy() {
+        if self.conversation.busy() {
             effects.push(Effect::Cancel);
         }
         effects.push(Effect::Quit);
@@ -467,22 +292,15 @@ impl App {
     pub fn action(&mut self, action: Action) -> Vec<Effect> {
         match action {
             Action::Send if self.focus == Focus::Sources => {
-                self.source_open = !self.current_sources().is_empty();
+                self.source_open = !self.conversation.current_sources().is_empty();
                 vec![]
             }
             Action::Send => self.send(),
             Action::NewLine => {
-                self.insert("\n");
+                self.editor.insert("\n");
                 vec![]
             }
-            Action::Cancel => {
-                if self.busy() && self.turn != TurnState::Cancelling {
-                    self.turn = TurnState::Cancelling;
-                    vec![Effect::Cancel]
-                } else {
-                    vec![]
-                }
-            }
+            Action::Cancel => self.chat(ChatEvent::Cancel),
             Action::Quit => self.quit(),
             Action::Help => {
                 self.show_help = true;
@@ -497,15 +315,15 @@ impl App {
                 vec![]
             }
             Action::PageUp => {
-                self.scroll_by(PAGE as i32);
+                self.scroll_by(self.page());
                 vec![]
             }
             Action::PageDown => {
-                self.scroll_by(-(PAGE as i32));
+                self.scroll_by(-self.page());
                 vec![]
             }
             Action::HistoryPrev | Action::HistoryNext if self.focus == Focus::Sources => {
-                let n = self.current_sources().len();
+                let n = self.conversation.current_sources().len();
                 if n > 0 {
                     self.selected_source = if action == Action::HistoryPrev {
                         self.selected_source.saturating_sub(1)
@@ -520,18 +338,15 @@ impl App {
                 vec![]
             }
             Action::HistoryPrev => {
-                self.recall(-1);
+                self.editor.recall(Recall::Older);
                 vec![]
             }
             Action::HistoryNext => {
-                self.recall(1);
+                self.editor.recall(Recall::Newer);
                 vec![]
             }
             Action::ToggleSources => {
-                self.show_sources = !self.show_sources;
-                if !self.show_sources && self.focus == Focus::Sources {
-                    self.focus = Focus::Input;
-                }
+                self.toggle_sources();
                 vec![]
             }
             Action::ToggleColors => {
@@ -549,6 +364,22 @@ impl App {
         }
     }
 
+    fn toggle_sources(&mut self) {
+        self.show_sources = !self.show_sources;
+        if !self.show_sources && self.focus == Focus::Sources {
+            self.focus = Focus::Input;
+        }
+    }
+
+    /// Lines a page scrolls: half the terminal once its size is known, which keeps the reader's
+    /// place in view across the jump whatever the layout around the chat.
+    fn page(&self) -> i32 {
+        let lines = self
+            .size
+            .map_or(PAGE, |(_, rows)| usize::from(rows / 2).max(1));
+        lines as i32
+    }
+
     fn scroll_by(&mut self, lines: i32) {
         self.scroll = if lines >= 0 {
             self.scroll.saturating_add(lines as usize)
@@ -557,232 +388,42 @@ impl App {
         };
     }
 
-    fn recall(&mut self, step: i32) {
-        if self.history.is_empty() {
-            return;
-        }
-        let last = self.history.len() - 1;
-        let pos = match (self.history_pos, step < 0) {
-            (None, true) => Some(last),
-            (None, false) => None,
-            (Some(p), true) => Some(p.saturating_sub(1)),
-            (Some(p), false) if p >= last => None,
-            (Some(p), false) => Some(p + 1),
-        };
-        self.history_pos = pos;
-        self.input = pos.map(|p| self.history[p].clone()).unwrap_or_default();
-        self.cursor = self.input.len();
-    }
-
-    fn insert(&mut self, text: &str) {
-        let clean: String = text
-            .chars()
-            .filter(|c| *c == '\n' || !c.is_control())
-            .collect();
-        self.input.insert_str(self.cursor, &clean);
-        self.cursor += clean.len();
-    }
-
-    fn edit(&mut self, code: KeyCode) {
-        match code {
-            KeyCode::Backspace => {
-                if let Some(c) = self.input[..self.cursor].chars().next_back() {
-                    self.cursor -= c.len_utf8();
-                    self.input.remove(self.cursor);
-                }
-            }
-            KeyCode::Delete if self.cursor < self.input.len() => {
-                self.input.remove(self.cursor);
-            }
-            KeyCode::Left => {
-                if let Some(c) = self.input[..self.cursor].chars().next_back() {
-                    self.cursor -= c.len_utf8();
-                }
-            }
-            KeyCode::Right => {
-                if let Some(c) = self.input[self.cursor..].chars().next() {
-                    self.cursor += c.len_utf8();
-                }
-            }
-            KeyCode::Home => {
-                self.cursor = self.input[..self.cursor].rfind('\n').map_or(0, |i| i + 1)
-            }
-            KeyCode::End => {
-                self.cursor += self.input[self.cursor..]
-                    .find('\n')
-                    .unwrap_or(self.input.len() - self.cursor);
-            }
-            _ => {}
-        }
-    }
-
     fn send(&mut self) -> Vec<Effect> {
-        let text = self.input.trim().to_owned();
+        let text = self.editor.text().trim().to_owned();
         if text.is_empty() {
             return vec![];
         }
         if text.starts_with('/') {
-            self.input.clear();
-            self.cursor = 0;
-            self.history_pos = None;
-            return self.command(&text);
+            self.editor.clear();
+            return commands::run(self, &text);
         }
-        if self.busy() {
-            self.notice = Some("an answer is still running: Esc stops it".into());
-            return vec![];
-        }
-        if let Some(e) = &self.engine_error {
-            self.notice = Some(format!("the model could not be loaded: {e}"));
-            return vec![];
-        }
-        self.input.clear();
-        self.cursor = 0;
-        self.history_pos = None;
-        self.history.push(text.clone());
-        let history = self.conversation();
-        self.entries.push(Entry {
+        let ask = ChatEvent::Ask {
             question: text.clone(),
-            tokens: Vec::new(),
-            status: AnswerStatus::Streaming,
-            mode: self.settings.mode,
-            stats: None,
-            sources: Vec::new(),
-            view: None,
-            rounds: Vec::new(),
-            round_count: 0,
-            index_changed: false,
-            decode_s: 0.0,
-        });
-        self.turn = TurnState::Retrieving;
-        self.scroll = 0;
-        self.notice = None;
-        vec![Effect::Ask {
-            question: text,
-            history,
             settings: self.settings.clone(),
-        }]
-    }
-
-    /// Slash commands: `/mode`, `/gamma`, `/eta`, `/temp`, `/sources`, `/clear`, `/save`, `/help`.
-    fn command(&mut self, text: &str) -> Vec<Effect> {
-        let mut parts = text[1..].split_whitespace();
-        let name = parts.next().unwrap_or("");
-        let arg = parts.next();
-        let p = &mut self.settings;
-        let result: Result<String, String> = match (name, arg) {
-            ("mode", Some(m)) => m
-                .parse::<Mode>()
-                .map(|m| {
-                    self.settings.mode = m;
-                    format!("mode: {m}")
-                })
-                .map_err(|e| e.to_string()),
-            ("gamma", Some(v)) => match v.parse::<usize>() {
-                Ok(g) if (1..=64).contains(&g) => {
-                    p.gamma = g;
-                    Ok(format!("γ = {g}"))
-                }
-                _ => Err("/gamma takes a number from 1 to 64".into()),
-            },
-            ("eta", Some(v)) => match v.parse::<f32>() {
-                Ok(x) if x >= 0.0 && x.is_finite() => {
-                    p.eta = x;
-                    Ok(format!("η = {x}"))
-                }
-                _ => Err("/eta takes a number, 0 or more".into()),
-            },
-            ("temp", Some(v)) => match v.parse::<f32>() {
-                Ok(x) if x >= 0.0 && x.is_finite() => {
-                    p.temp = x;
-                    Ok(format!("temperature = {x}"))
-                }
-                _ => Err("/temp takes a number, 0 or more (0 = greedy)".into()),
-            },
-            ("sources", None) => {
-                self.show_sources = !self.show_sources;
-                Ok(if self.show_sources {
-                    "sources shown"
-                } else {
-                    "sources hidden"
-                }
-                .into())
-            }
-            ("clear", None) if self.busy() => {
-                Err("an answer is running: Esc stops it first".into())
-            }
-            ("clear", None) => {
-                self.entries.clear();
-                self.scroll = 0;
-                self.notice = Some("conversation cleared".into());
-                return vec![Effect::Persist];
-            }
-            ("save", file) => {
-                let path = PathBuf::from(file.unwrap_or("rapid-chat-conversation.md"));
-                return vec![Effect::Save {
-                    path,
-                    markdown: self.markdown(),
-                }];
-            }
-            ("help", None) => {
-                self.show_help = true;
-                Ok(String::new())
-            }
-            _ => Err(format!(
-                "unknown command {text}: /mode rapid|ar|sd|rag, /gamma N, /eta X, /temp X, \
-                 /sources, /clear, /save [FILE], /help"
-            )),
         };
-        self.notice = Some(match result {
-            Ok(m) => m,
-            Err(e) => e,
-        })
-        .filter(|m| !m.is_empty());
-        vec![]
-    }
-
-    /// The conversation as Markdown, with sources.
-    pub fn markdown(&self) -> String {
-        let mut out = format!("# rapid-chat: {}\n\n", self.folder);
-        for e in &self.entries {
-            out.push_str(&format!("## {}\n\n{}\n\n", e.question, e.answer().trim()));
-            match &e.status {
-                AnswerStatus::Cancelled => out.push_str("_(cancelled)_\n\n"),
-                AnswerStatus::Failed(err) => out.push_str(&format!("_(failed: {err})_\n\n")),
-                _ => {}
+        match self.conversation.handle(ask) {
+            Ok(effects) => {
+                self.editor.clear();
+                self.editor.remember(text);
+                self.scroll = 0;
+                self.notice = None;
+                effects
             }
-            if !e.sources.is_empty() {
-                out.push_str("Sources:\n");
-                for s in &e.sources {
-                    let page = s.page.map(|p| format!(", page {p}")).unwrap_or_default();
-                    out.push_str(&format!("- {}{page} (score {:.2})\n", s.path, s.score));
-                }
-                out.push('\n');
+            // The question stays in the input, to send once the answer is over.
+            Err(r) => {
+                self.notice = Some(self.refusal(&r));
+                vec![]
             }
         }
-        out
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{app, finished, gen_token, prefill, settings, token};
     use super::*;
-    use crate::runtime::Answer;
+    use crate::runtime::{Source, View};
     use crate::speculative::TokenKind;
-    use crate::speculative::decode::Output;
-
-    fn settings() -> EngineConfig {
-        EngineConfig {
-            gamma: 4,
-            seed: 1,
-            max_tokens: 64,
-            retrieval_budget: 1024,
-            ..EngineConfig::default()
-        }
-    }
-
-    fn app() -> App {
-        App::new("docs".into(), Keymap::default(), settings(), Vec::new())
-    }
 
     fn key(code: KeyCode) -> AppEvent {
         AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE))
@@ -803,36 +444,12 @@ mod tests {
         app.handle(key(KeyCode::Enter))
     }
 
-    fn token(text: &str, kind: TokenKind) -> AppEvent {
-        AppEvent::Engine(Reply::Event(Event::Token(GenToken {
-            id: 1,
-            text: text.into(),
-            kind,
-            margin: 2.0,
-        })))
-    }
-
-    fn finished(tokens: Vec<GenToken>, cancelled: bool) -> AppEvent {
-        let stats = Stats {
-            generated_tokens: tokens.len(),
-            cancelled,
-            ..Stats::default()
-        };
-        AppEvent::Engine(Reply::Finished(Box::new(Answer {
-            mode: Mode::Rapid,
-            output: Output {
-                text: tokens.iter().map(|t| t.text.clone()).collect(),
-                tokens,
-                end_margin: None,
-                stats,
-            },
-            sources: Vec::new(),
-            view: View::default(),
-        })))
+    fn engine(app: &mut App, reply: Reply) -> Vec<Effect> {
+        app.handle(AppEvent::Engine(reply))
     }
 
     #[test]
-    fn a_turn_goes_idle_retrieving_prefilling_generating_done() {
+    fn a_question_sent_with_enter_asks_with_the_earlier_turns_and_empties_the_input() {
         let mut app = app();
         let effects = ask(&mut app, "What port?");
         assert_eq!(
@@ -843,37 +460,14 @@ mod tests {
                 settings: settings()
             }]
         );
-        assert_eq!(app.turn, TurnState::Retrieving);
-        assert!(app.input.is_empty());
-        app.handle(AppEvent::Engine(Reply::Started {
-            sources: vec![],
-            view: View::default(),
-        }));
-        app.handle(AppEvent::Engine(Reply::Event(Event::Prefill {
-            done: 10,
-            total: 100,
-        })));
+        assert_eq!(app.conversation.turn, TurnState::Retrieving);
+        assert!(app.editor.is_empty());
+        engine(&mut app, token("8080", TokenKind::Accepted));
+        let t = gen_token("8080", TokenKind::Bonus);
         assert_eq!(
-            app.turn,
-            TurnState::Prefilling {
-                done: 10,
-                total: 100
-            }
+            engine(&mut app, finished(vec![t], false)),
+            vec![Effect::Persist]
         );
-        app.handle(token("80", TokenKind::Accepted));
-        app.handle(token("80", TokenKind::Corrected));
-        assert_eq!(app.turn, TurnState::Generating);
-        assert_eq!(app.entries[0].answer(), "8080");
-        let t = GenToken {
-            id: 1,
-            text: "8080".into(),
-            kind: TokenKind::Bonus,
-            margin: 1.0,
-        };
-        assert_eq!(app.handle(finished(vec![t], false)), vec![Effect::Persist]);
-        assert_eq!(app.turn, TurnState::Idle);
-        assert_eq!(app.entries[0].status, AnswerStatus::Done);
-        // A follow-up sees the earlier turn.
         let effects = ask(&mut app, "And the host?");
         let Effect::Ask { history, .. } = &effects[0] else {
             panic!("{effects:?}")
@@ -885,121 +479,74 @@ mod tests {
                 answer: "8080".into()
             }]
         );
+        app.handle(key(KeyCode::Up));
+        assert_eq!(
+            app.editor.text(),
+            "And the host?",
+            "sent questions are recalled"
+        );
     }
 
     #[test]
-    fn cancel_during_prefill_and_during_generation() {
+    fn esc_cancels_the_answer_once() {
         let mut app = app();
         ask(&mut app, "q1");
-        app.handle(AppEvent::Engine(Reply::Event(Event::Prefill {
-            done: 1,
-            total: 9,
-        })));
+        engine(&mut app, prefill(1, 9));
         assert_eq!(app.handle(key(KeyCode::Esc)), vec![Effect::Cancel]);
-        assert_eq!(app.turn, TurnState::Cancelling);
-        // A second Esc does not cancel twice; late prefill events do not undo the cancel.
+        assert_eq!(app.conversation.turn, TurnState::Cancelling);
         assert!(app.handle(key(KeyCode::Esc)).is_empty());
-        app.handle(AppEvent::Engine(Reply::Event(Event::Prefill {
-            done: 2,
-            total: 9,
-        })));
-        assert_eq!(app.turn, TurnState::Cancelling);
-        app.handle(finished(vec![], true));
-        assert_eq!(app.entries[0].status, AnswerStatus::Cancelled);
-        assert_eq!(app.turn, TurnState::Idle);
-
-        ask(&mut app, "q2");
-        app.handle(token("partial", TokenKind::Accepted));
-        assert_eq!(app.handle(key(KeyCode::Esc)), vec![Effect::Cancel]);
-        app.handle(token(" answer", TokenKind::Accepted));
-        let kept = vec![
-            GenToken {
-                id: 1,
-                text: "partial".into(),
-                kind: TokenKind::Accepted,
-                margin: 1.0,
-            },
-            GenToken {
-                id: 2,
-                text: " answer".into(),
-                kind: TokenKind::Accepted,
-                margin: 1.0,
-            },
-        ];
-        app.handle(finished(kept, true));
-        assert_eq!(app.entries[1].status, AnswerStatus::Cancelled);
-        assert_eq!(
-            app.entries[1].answer(),
-            "partial answer",
-            "the partial answer stays"
-        );
-        assert!(app.markdown().contains("_(cancelled)_"));
-    }
-
-    #[test]
-    fn an_engine_error_fails_the_turn_and_the_next_question_goes_through() {
-        let mut app = app();
-        ask(&mut app, "q");
-        assert_eq!(
-            app.handle(AppEvent::Engine(Reply::Failed("context full".into()))),
-            vec![Effect::Persist]
-        );
-        assert_eq!(
-            app.entries[0].status,
-            AnswerStatus::Failed("context full".into())
-        );
-        assert_eq!(app.turn, TurnState::Idle);
+        engine(&mut app, finished(vec![], true));
         assert!(
-            app.conversation().is_empty(),
-            "failed turns are not sent as history"
+            app.handle(key(KeyCode::Esc)).is_empty(),
+            "nothing to cancel"
         );
-        assert_eq!(ask(&mut app, "again").len(), 1);
+        assert_eq!(app.notice, None, "and nothing to say about it");
     }
 
     #[test]
     fn a_model_that_failed_to_load_blocks_questions_with_a_reason() {
         let mut app = app();
-        app.handle(AppEvent::Engine(Reply::LoadFailed("not a GGUF".into())));
+        engine(&mut app, Reply::LoadFailed("not a GGUF".into()));
         assert!(ask(&mut app, "q").is_empty());
         assert!(
             app.notice
                 .as_deref()
                 .is_some_and(|n| n.contains("not a GGUF"))
         );
-        assert!(app.entries.is_empty());
+        assert!(app.conversation.entries.is_empty());
+        assert_eq!(app.editor.text(), "q", "the question is kept");
     }
 
     #[test]
-    fn an_engine_that_dies_mid_answer_fails_the_turn_instead_of_hanging() {
+    fn an_engine_that_dies_mid_answer_says_why_the_next_question_is_refused() {
         let mut app = app();
         ask(&mut app, "q");
-        app.handle(token("par", TokenKind::Target));
-        app.handle(AppEvent::Engine(Reply::LoadFailed(
-            "the engine stopped unexpectedly".into(),
-        )));
-        assert_eq!(app.turn, TurnState::Idle);
-        assert!(matches!(&app.entries[0].status, AnswerStatus::Failed(e) if e.contains("stopped")));
+        engine(&mut app, token("par", TokenKind::Target));
+        engine(
+            &mut app,
+            Reply::LoadFailed("the engine stopped unexpectedly".into()),
+        );
         assert!(
             ask(&mut app, "again").is_empty(),
             "no engine: refused with a reason"
         );
-        assert!(app.notice.is_some());
+        assert!(app.notice.as_deref().is_some_and(|n| n.contains("stopped")));
     }
 
     #[test]
     fn a_file_change_mid_answer_is_shown_and_does_not_disturb_the_answer() {
         let mut app = app();
         ask(&mut app, "q");
-        app.handle(token("a", TokenKind::Target));
+        engine(&mut app, token("a", TokenKind::Target));
         app.handle(AppEvent::Watch(WatchEvent::Indexed("notes.md".into())));
         assert_eq!(
             app.index.last_change.as_deref(),
             Some("re-indexed notes.md")
         );
-        assert_eq!(app.turn, TurnState::Generating);
-        app.handle(token("b", TokenKind::Target));
-        assert!(app.entries[0].index_changed);
-        assert_eq!(app.entries[0].answer(), "ab");
+        assert_eq!(app.conversation.turn, TurnState::Generating);
+        engine(&mut app, token("b", TokenKind::Target));
+        assert!(app.conversation.entries[0].index_changed);
+        assert_eq!(app.conversation.entries[0].answer(), "ab");
         app.handle(AppEvent::Watch(WatchEvent::Updated { chunks: 42 }));
         assert_eq!(app.index.chunks, 42);
     }
@@ -1015,37 +562,58 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_names_the_key_the_config_bound() {
+        let extra = [("cancel".to_owned(), "ctrl-x".to_owned())].into();
+        let keymap = Keymap::with_overrides(&extra).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut app = App::new("docs".into(), keymap, settings(), Vec::new());
+        ask(&mut app, "q");
+        ask(&mut app, "another");
+        assert_eq!(
+            app.notice.as_deref(),
+            Some("an answer is still running: Ctrl-X stops it")
+        );
+    }
+
+    #[test]
     fn keys_edit_history_and_popups() {
         let mut app = app();
         assert_eq!(app.handle(key(KeyCode::Char('?'))), vec![]);
         assert!(app.show_help, "? on an empty input opens help");
         app.handle(key(KeyCode::Char('x')));
         assert!(
-            !app.show_help && app.input.is_empty(),
+            !app.show_help && app.editor.is_empty(),
             "any key closes help"
         );
         type_text(&mut app, "is q? fine");
-        assert_eq!(app.input, "is q? fine", "q and ? are text inside the input");
+        assert_eq!(
+            app.editor.text(),
+            "is q? fine",
+            "q and ? are text inside the input"
+        );
         app.handle(AppEvent::Key(KeyEvent::new(
             KeyCode::Enter,
             KeyModifiers::ALT,
         )));
         type_text(&mut app, "line 2");
-        assert_eq!(app.input, "is q? fine\nline 2");
+        assert_eq!(app.editor.text(), "is q? fine\nline 2");
         app.handle(key(KeyCode::Backspace));
         app.handle(key(KeyCode::Home));
         app.handle(key(KeyCode::Delete));
-        assert_eq!(app.input, "is q? fine\nine ");
-        app.input.clear();
-        app.cursor = 0;
-        app.history = vec!["first".into(), "second".into()];
+        assert_eq!(app.editor.text(), "is q? fine\nine ");
+        app.handle(AppEvent::Paste("\r\npasted".into()));
+        assert_eq!(
+            app.editor.text(),
+            "is q? fine\n\npastedine ",
+            "a paste goes in at the cursor, its line end made \\n"
+        );
+        app.editor = Editor::new(vec!["first".into(), "second".into()]);
         app.handle(key(KeyCode::Up));
-        assert_eq!(app.input, "second");
+        assert_eq!(app.editor.text(), "second");
         app.handle(key(KeyCode::Up));
-        assert_eq!(app.input, "first");
+        assert_eq!(app.editor.text(), "first");
         app.handle(key(KeyCode::Down));
         app.handle(key(KeyCode::Down));
-        assert_eq!(app.input, "");
+        assert_eq!(app.editor.text(), "");
         app.handle(key(KeyCode::Tab));
         assert_eq!(app.focus, Focus::Chat);
         assert_eq!(
@@ -1056,42 +624,84 @@ mod tests {
     }
 
     #[test]
-    fn slash_commands_change_settings_and_save() {
+    fn a_slash_command_typed_runs_and_is_not_asked_or_remembered() {
         let mut app = app();
-        ask(&mut app, "/mode sd");
-        assert_eq!(app.settings.mode, Mode::Sd);
-        ask(&mut app, "/gamma 8");
-        ask(&mut app, "/eta 0.5");
-        ask(&mut app, "/temp 0.7");
+        assert!(ask(&mut app, "/mode sd").is_empty());
+        assert_eq!(app.settings.mode, crate::speculative::Mode::Sd);
+        assert!(app.editor.is_empty() && app.conversation.entries.is_empty());
+        app.handle(key(KeyCode::Up));
+        assert!(app.editor.is_empty(), "commands are not in the history");
+    }
+
+    #[test]
+    fn the_sources_pane_selects_with_j_k_and_opens_with_enter() {
+        let mut app = app();
+        ask(&mut app, "q");
+        let source = |path: &str| Source {
+            path: path.into(),
+            page: None,
+            score: 1.0,
+            start: 0,
+            end: 1,
+            text: "chunk".into(),
+        };
+        app.selected_source = 5;
+        engine(
+            &mut app,
+            Reply::Started {
+                sources: vec![source("a.md"), source("b.md")],
+                view: View::default(),
+            },
+        );
         assert_eq!(
-            (app.settings.gamma, app.settings.eta, app.settings.temp),
-            (8, 0.5, 0.7)
+            app.selected_source, 0,
+            "a new answer selects its best source"
         );
-        ask(&mut app, "/gamma 0");
-        assert!(app.notice.as_deref().is_some_and(|n| n.contains("1 to 64")));
-        assert_eq!(app.settings.gamma, 8);
-        ask(&mut app, "/mode warp");
+        app.handle(ctrl('o'));
+        app.handle(key(KeyCode::Tab));
+        app.handle(key(KeyCode::Tab));
+        assert_eq!(app.focus, Focus::Sources);
+        for _ in 0..3 {
+            app.handle(key(KeyCode::Char('j')));
+        }
+        assert_eq!(app.selected_source, 1, "the selection stops at the last");
+        app.handle(key(KeyCode::Char('k')));
+        assert_eq!(app.selected_source, 0);
+        app.handle(key(KeyCode::Enter));
+        assert!(app.source_open);
+        app.handle(key(KeyCode::Char('x')));
+        assert!(!app.source_open, "any key closes it");
+        app.handle(ctrl('o'));
+        assert_eq!(
+            app.focus,
+            Focus::Input,
+            "hiding the pane gives the focus back"
+        );
+    }
+
+    #[test]
+    fn a_resize_is_recorded_and_a_page_is_half_the_terminal() {
+        let mut app = app();
+        app.handle(key(KeyCode::PageUp));
+        assert_eq!(app.scroll, PAGE, "before any resize");
         assert!(
-            app.notice
-                .as_deref()
-                .is_some_and(|n| n.contains("unknown mode"))
+            app.handle(AppEvent::Resize {
+                width: 100,
+                height: 40
+            })
+            .is_empty()
         );
-        ask(&mut app, "/sources");
-        assert!(app.show_sources);
-        ask(&mut app, "/bogus");
-        assert!(
-            app.notice
-                .as_deref()
-                .is_some_and(|n| n.contains("/save [FILE]"))
-        );
-        let effects = ask(&mut app, "/save out.md");
-        assert!(
-            matches!(&effects[..], [Effect::Save { path, .. }] if path == &PathBuf::from("out.md"))
-        );
-        ask(&mut app, "real question");
-        app.handle(finished(vec![], false));
-        assert_eq!(ask(&mut app, "/clear"), vec![Effect::Persist]);
-        assert!(app.entries.is_empty());
-        assert!(app.entries.iter().all(|e| e.mode == Mode::Sd));
+        assert_eq!(app.size, Some((100, 40)));
+        app.handle(key(KeyCode::PageUp));
+        assert_eq!(app.scroll, PAGE + 20);
+        app.handle(key(KeyCode::PageDown));
+        app.handle(key(KeyCode::PageDown));
+        assert_eq!(app.scroll, 0, "never below the bottom");
+        app.handle(AppEvent::Resize {
+            width: 10,
+            height: 1,
+        });
+        app.handle(key(KeyCode::PageUp));
+        assert_eq!(app.scroll, 1, "a page is at least a line");
     }
 }

@@ -92,6 +92,14 @@ impl Action {
     }
 }
 
+/// Letters that act only where nothing is being typed (outside the input, or for help on an empty
+/// input). They cannot be bindings: bound, they would be taken from every question typed.
+pub const HELP_CHAR: char = '?';
+pub const QUIT_CHAR: char = 'q';
+/// Move the selection in the sources pane, when it has the focus.
+pub const SOURCE_NEXT_CHAR: char = 'j';
+pub const SOURCE_PREV_CHAR: char = 'k';
+
 /// A key with its modifiers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
@@ -242,11 +250,44 @@ impl Keymap {
             .collect()
     }
 
+    /// The key to name in a hint for `action`: the first bound, which is the user's own when the
+    /// config rebinds it. The defaults bind every action, so it is never empty.
+    pub fn hint(&self, action: Action) -> String {
+        self.bindings
+            .iter()
+            .find(|(_, a)| *a == action)
+            .map(|(k, _)| k.to_string())
+            .unwrap_or_default()
+    }
+
     /// (keys, description) for every action, for the help popup.
     pub fn help(&self) -> Vec<(String, &'static str)> {
         Action::ALL
             .iter()
             .map(|&a| (self.keys_for(a).join(" / "), a.description()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_has_a_default_key_to_hint() {
+        let keys = Keymap::default();
+        for action in Action::ALL {
+            assert!(!keys.hint(action).is_empty(), "{action:?}");
+        }
+        assert_eq!(keys.hint(Action::Send), "Enter");
+        assert_eq!(keys.hint(Action::NewLine), "Alt-Enter", "the first of two");
+    }
+
+    #[test]
+    fn a_rebinding_in_the_config_is_the_key_hinted() {
+        let extra = [("send".to_owned(), "ctrl-s".to_owned())].into();
+        let keys = Keymap::with_overrides(&extra).unwrap();
+        assert_eq!(keys.hint(Action::Send), "Ctrl-S");
+        assert_eq!(keys.keys_for(Action::Send), ["Ctrl-S", "Enter"]);
     }
 }

@@ -35,6 +35,13 @@ pub fn run(opts: runtime::Options) -> Result<()> {
     app.notice = runtime.notice.clone();
 
     let mut terminal = setup_terminal()?;
+    // The size the first draw has (later ones come as events): paging moves by half of it.
+    if let Ok(size) = terminal.size() {
+        app.handle(AppEvent::Resize {
+            width: size.width,
+            height: size.height,
+        });
+    }
     let result = event_loop(&mut terminal, &mut app, &theme, &runtime);
     restore_terminal();
     result
@@ -113,7 +120,7 @@ fn spawn_input(tx: Sender<AppEvent>) -> Result<()> {
                         MouseEventKind::ScrollDown => AppEvent::Scroll(-3),
                         _ => continue,
                     },
-                    CEvent::Resize(..) => AppEvent::Notice(String::new()),
+                    CEvent::Resize(width, height) => AppEvent::Resize { width, height },
                     _ => continue,
                 };
                 if tx.send(app_event).is_err() {
@@ -168,11 +175,6 @@ fn event_loop(
         events.extend(engine_rx.try_iter().map(AppEvent::Engine));
         events.extend(updates_rx.try_iter().map(AppEvent::from));
         for event in events {
-            if let AppEvent::Notice(n) = &event
-                && n.is_empty()
-            {
-                continue; // a resize: the next draw adapts
-            }
             for effect in app.handle(event) {
                 match effect {
                     Effect::Ask {
@@ -190,8 +192,12 @@ fn event_loop(
                         app.handle(AppEvent::Notice(note));
                     }
                     Effect::Persist => {
-                        let entries: Vec<history::Entry> =
-                            app.entries.iter().map(history::Entry::from).collect();
+                        let entries: Vec<history::Entry> = app
+                            .conversation
+                            .entries
+                            .iter()
+                            .map(history::Entry::from)
+                            .collect();
                         if let Err(e) = runtime.persist(&entries) {
                             app.handle(AppEvent::Notice(format!(
                                 "cannot save the conversation: {e:#}"

@@ -7,8 +7,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Gauge, Paragraph, Sparkline, Wrap};
 
-use super::app::{AnswerStatus, App, Entry, Focus, TurnState};
-use super::keymap::Action;
+use super::app::{AnswerStatus, App, Entry, Focus, TurnState, commands};
+use super::keymap::{Action, HELP_CHAR, SOURCE_NEXT_CHAR, SOURCE_PREV_CHAR};
 use super::markdown::{self, Palette};
 use crate::speculative::{Mode, TokenKind};
 
@@ -42,9 +42,9 @@ pub fn draw(f: &mut Frame, app: &App, theme: &Theme) {
     let [main, status] = split_v(area, [Constraint::Min(3), Constraint::Length(1)]);
     let sidebar_w = if main.width >= 70 { SIDEBAR } else { 0 };
     let [left, right] = split_h(main, [Constraint::Min(20), Constraint::Length(sidebar_w)]);
-    let input_h = (app.input.lines().count().max(1) + usize::from(app.input.ends_with('\n'))).min(5)
-        as u16
-        + 2;
+    let input = app.editor.text();
+    let input_h =
+        (input.lines().count().max(1) + usize::from(input.ends_with('\n'))).min(5) as u16 + 2;
     let sources_h = if app.show_sources {
         (left.height / 3).max(5)
     } else {
@@ -118,17 +118,21 @@ fn chat_lines(app: &App, theme: &Theme, width: usize) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
     let palette = app.colors.then_some(&theme.palette);
     let dim = Style::default().fg(Color::DarkGray);
-    if app.entries.is_empty() {
+    let entries = &app.conversation.entries;
+    if entries.is_empty() {
         lines.extend(markdown::plain(
             &format!(
-                "Ask a question about the documents in {}. Enter sends; ? or F1 shows the keys.",
-                app.folder
+                "Ask a question about the documents in {}. {} sends; {HELP_CHAR} or {} shows the \
+                 keys.",
+                app.folder,
+                app.keymap.hint(Action::Send),
+                app.keymap.hint(Action::Help)
             ),
             dim,
             width,
         ));
     }
-    for (i, e) in app.entries.iter().enumerate() {
+    for (i, e) in entries.iter().enumerate() {
         if i > 0 {
             lines.push(Line::default());
         }
@@ -141,8 +145,8 @@ fn chat_lines(app: &App, theme: &Theme, width: usize) -> Vec<Line<'static>> {
             width,
         ));
         lines.extend(markdown::render(&e.tokens, palette, width));
-        let last = i + 1 == app.entries.len();
-        if let Some(note) = entry_note(e, if last { Some(&app.turn) } else { None }) {
+        let turn = (i + 1 == entries.len()).then_some(&app.conversation.turn);
+        if let Some(note) = entry_note(e, turn) {
             lines.extend(markdown::plain(&note.0, note.1, width));
         }
     }
@@ -201,14 +205,15 @@ fn draw_chat(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 }
 
 fn draw_sources(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    let b = block(
-        "sources given to the drafter (Tab, j/k, Enter)",
-        theme,
-        app.focus == Focus::Sources,
+    let title = format!(
+        "sources given to the drafter ({}, {SOURCE_NEXT_CHAR}/{SOURCE_PREV_CHAR}, {})",
+        app.keymap.hint(Action::Focus),
+        app.keymap.hint(Action::Send)
     );
+    let b = block(&title, theme, app.focus == Focus::Sources);
     let inner = b.inner(area);
     f.render_widget(b, area);
-    let sources = app.current_sources();
+    let sources = app.conversation.current_sources();
     let lines: Vec<Line> = if sources.is_empty() {
         vec![Line::styled(
             "no sources yet",
@@ -237,20 +242,22 @@ fn draw_sources(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 }
 
 fn draw_input(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    let title = if app.busy() {
-        "question (Esc stops the answer)"
+    let keys = &app.keymap;
+    let title = if app.conversation.busy() {
+        format!("question ({} stops the answer)", keys.hint(Action::Cancel))
     } else {
-        "question (Enter sends, Alt-Enter new line)"
+        format!(
+            "question ({} sends, {} new line)",
+            keys.hint(Action::Send),
+            keys.hint(Action::NewLine)
+        )
     };
-    let b = block(title, theme, app.focus == Focus::Input);
+    let b = block(&title, theme, app.focus == Focus::Input);
     let inner = b.inner(area);
     f.render_widget(b, area);
-    let text: Vec<Line> = app
-        .input
-        .split('\n')
-        .map(|l| Line::raw(l.to_owned()))
-        .collect();
-    let before = &app.input[..app.cursor];
+    let input = app.editor.text();
+    let text: Vec<Line> = input.split('\n').map(|l| Line::raw(l.to_owned())).collect();
+    let before = &input[..app.editor.cursor()];
     let row = before.matches('\n').count();
     let col = unicode_width::UnicodeWidthStr::width(before.rsplit('\n').next().unwrap_or(""));
     let skip = row.saturating_sub(inner.height.saturating_sub(1) as usize);
@@ -283,7 +290,7 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         )
     };
     let mut lines = Vec::new();
-    match (&app.engine, &app.engine_error) {
+    match (&app.conversation.engine, &app.conversation.engine_error) {
         (Some(e), _) => {
             let stem = |n: &str| n.trim_end_matches(".gguf").to_owned();
             lines.push(kv("target", stem(&e.target)));
@@ -317,9 +324,10 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         )),
         (None, None) => lines.push(Line::styled("loading the model…", label)),
     }
-    let last = app.entries.last();
+    let last = app.conversation.entries.last();
     let s = last.and_then(|e| e.stats.as_ref());
     let (tctx, dctx) = app
+        .conversation
         .engine
         .as_ref()
         .map_or((0, 0), |e| (e.target_ctx, e.draft_ctx));
@@ -400,7 +408,12 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     }
     lines.push(kv("speed-up", speedup(app)));
     lines.push(head("session"));
-    let done: Vec<&Entry> = app.entries.iter().filter(|e| e.stats.is_some()).collect();
+    let done: Vec<&Entry> = app
+        .conversation
+        .entries
+        .iter()
+        .filter(|e| e.stats.is_some())
+        .collect();
     let (mut tokens, mut secs, mut drafted, mut accepted) = (0usize, 0f64, 0usize, 0usize);
     for e in &done {
         if let Some(s) = &e.stats {
@@ -497,6 +510,7 @@ fn pct(a: usize, b: usize) -> f64 {
 /// without drafts), labelled which.
 fn speedup(app: &App) -> String {
     let Some(s) = app
+        .conversation
         .entries
         .last()
         .and_then(|e| e.stats.as_ref().filter(|_| e.mode != Mode::Ar))
@@ -504,6 +518,7 @@ fn speedup(app: &App) -> String {
         return "—".into();
     };
     let ar: Vec<f64> = app
+        .conversation
         .entries
         .iter()
         .filter(|e| e.mode == Mode::Ar)
@@ -556,7 +571,12 @@ fn draw_status(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let message = app
         .notice
         .clone()
-        .or_else(|| app.engine_error.as_ref().map(|e| format!("model: {e}")))
+        .or_else(|| {
+            app.conversation
+                .engine_error
+                .as_ref()
+                .map(|e| format!("model: {e}"))
+        })
         .or_else(|| app.index.last_change.clone())
         .unwrap_or_default();
     if !message.is_empty() {
@@ -565,14 +585,8 @@ fn draw_status(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             Style::default().fg(Color::DarkGray),
         ));
     }
-    let help = app
-        .keymap
-        .keys_for(Action::Help)
-        .first()
-        .cloned()
-        .unwrap_or_default();
     spans.push(Span::styled(
-        format!("?/{help} help"),
+        format!("{HELP_CHAR}/{} help", app.keymap.hint(Action::Help)),
         Style::default().fg(Color::DarkGray),
     ));
     f.render_widget(Paragraph::new(Line::from(spans)), area);
@@ -590,33 +604,15 @@ fn popup(area: Rect, w: u16, h: u16) -> Rect {
 }
 
 fn draw_help(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    let mut lines: Vec<Line> = app
-        .keymap
-        .help()
-        .into_iter()
-        .map(|(keys, what)| {
-            Line::from(vec![
-                Span::styled(format!("{keys:<22}"), Style::default().fg(theme.accent)),
-                Span::raw(what),
-            ])
-        })
-        .collect();
-    lines.push(Line::default());
-    for (cmd, what) in [
-        ("/mode rapid|ar|sd|rag", "decoding mode"),
-        (
-            "/gamma N  /eta X  /temp X",
-            "draft length, transfer, temperature",
-        ),
-        ("/sources", "show/hide sources"),
-        ("/clear", "forget the conversation"),
-        ("/save [FILE]", "save as Markdown with sources"),
-    ] {
-        lines.push(Line::from(vec![
-            Span::styled(format!("{cmd:<26}"), Style::default().fg(theme.accent)),
+    let row = |(how, what): (String, &'static str)| {
+        Line::from(vec![
+            Span::styled(format!("{how:<22}"), Style::default().fg(theme.accent)),
             Span::raw(what),
-        ]));
-    }
+        ])
+    };
+    let mut lines: Vec<Line> = app.keymap.help().into_iter().map(row).collect();
+    lines.push(Line::default());
+    lines.extend(commands::help().into_iter().map(row));
     let r = popup(area, 78, lines.len() as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
@@ -628,7 +624,7 @@ fn draw_help(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 }
 
 fn draw_source_text(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    let Some(s) = app.current_sources().get(app.selected_source) else {
+    let Some(s) = app.conversation.current_sources().get(app.selected_source) else {
         return;
     };
     let r = popup(
