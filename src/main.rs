@@ -54,6 +54,9 @@ enum Command {
         /// smollm2-135m (the default model) or gemma3-270m.
         #[arg(default_value = "smollm2-135m")]
         name: String,
+        /// List the models it can fetch (name, size, what for, sha256, whether fetched).
+        #[arg(long)]
+        list: bool,
     },
     /// Ingest and index a folder (incrementally).
     Index {
@@ -204,7 +207,26 @@ fn pdf_worker() -> Result<PathBuf> {
 fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx::new(&cli.global)?.with_flags(&cli.engine)?;
     match cli.command {
-        Some(Command::FetchModel { name }) => {
+        Some(Command::FetchModel { list: true, .. }) => {
+            let dir = ctx.dirs.models();
+            for m in fetch::KNOWN_MODELS {
+                let fetched = if dir.join(m.file_name).is_file() {
+                    "fetched"
+                } else {
+                    "not fetched"
+                };
+                println!(
+                    "{:<14} {:>4} MB  {}\n               {} ({fetched})\n               sha256 {}",
+                    m.name,
+                    m.size / 1_000_000,
+                    m.about,
+                    m.file_name,
+                    m.sha256
+                );
+            }
+            Ok(())
+        }
+        Some(Command::FetchModel { name, .. }) => {
             let model = fetch::known(&name)?;
             let path = fetch::ensure(model, &ctx.dirs.models(), false)?;
             println!("{}", path.display());

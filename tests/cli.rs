@@ -152,6 +152,26 @@ fn fetch_model_prints_the_path_of_the_checked_model() {
 }
 
 #[test]
+fn fetch_model_lists_what_it_can_fetch_and_what_is_there() {
+    let cache = tempfile::tempdir().unwrap();
+    common::model_path();
+    let out = run(cache.path(), &["fetch-model", "--list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = String::from_utf8(out.stdout).unwrap();
+    for m in rapid_chat::llm::fetch::KNOWN_MODELS {
+        assert!(
+            list.contains(m.name) && list.contains(m.sha256),
+            "{m:?}: {list}"
+        );
+    }
+    let smollm2 = list.split("gemma3-270m").next().unwrap();
+    assert!(
+        smollm2.contains("98 MB") && smollm2.contains("(fetched)"),
+        "{list}"
+    );
+}
+
+#[test]
 fn fetching_without_python_names_the_way_out() {
     let cache = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();

