@@ -131,6 +131,7 @@ fn streaming_app() -> App {
             accepted,
             t_draft: std::time::Duration::from_millis(30),
             t_verify: std::time::Duration::from_millis(70),
+            stats: Default::default(),
         })));
     }
     app

@@ -8,7 +8,7 @@
 //!
 //! A round is: [`choose`] the draft's source and length, [`draft_round`], [`verify_round`] (the
 //! batch here, the acceptance in [`super::verify`]), emit the tokens ([`super::emit`]), and
-//! account for it ([`super::account`]).
+//! account for it ([`super::account`], whose snapshot goes out with every round).
 
 use std::time::{Duration, Instant};
 
@@ -216,6 +216,14 @@ pub fn generate(
             accepted: emitted.accepted,
             t_draft,
             t_verify,
+            stats: Box::new(account(
+                &tally,
+                target,
+                drafter.as_ref(),
+                &policy,
+                &clock,
+                cancelled,
+            )),
         };
         if sink(round) == Flow::Cancel {
             cancelled = true;

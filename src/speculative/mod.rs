@@ -94,6 +94,9 @@ pub enum Event {
         accepted: usize,
         t_draft: Duration,
         t_verify: Duration,
+        /// The statistics of the answer so far (computed as those of `Done` are; boxed to keep
+        /// every event as small as `Done`).
+        stats: Box<Stats>,
     },
     Done(Stats),
 }
