@@ -17,10 +17,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use llama_cpp_2::token::LlamaToken;
 use rapid_chat::config::Config;
 use rapid_chat::corpus::CorpusIndex;
-use rapid_chat::llm::{Models, fetch};
+use rapid_chat::llm::{Models, Token, fetch};
 use rapid_chat::paths::Dirs;
 use rapid_chat::session::Engine;
 use rapid_chat::speculative::replay::{self, CostCurve};
@@ -91,7 +90,7 @@ fn record(folder: &Path, questions: &Path, out: &Path, args: &[String]) -> Resul
         let prompts = engine.prepare(&index, &q.question, &[], &settings)?;
         settings.mode = Mode::Ar;
         let answer = engine.answer(&index, &q.question, &[], &settings, &mut |_| Flow::Continue)?;
-        let ids = |v: &[LlamaToken]| v.iter().map(|t| t.0).collect::<Vec<_>>();
+        let ids = |v: &[Token]| v.iter().map(|t| t.0).collect::<Vec<_>>();
         eprintln!(
             "{}: {} answer tokens",
             q.question,
@@ -133,7 +132,7 @@ fn replay(path: &Path, args: &[String]) -> Result<()> {
     if curves.is_empty() {
         bail!("give at least one --costs SIZE:MS,SIZE:MS,...");
     }
-    let toks = |v: &[i32]| v.iter().map(|&t| LlamaToken(t)).collect::<Vec<_>>();
+    let toks = |v: &[i32]| v.iter().map(|&t| Token::new(t)).collect::<Vec<_>>();
     for spec in curves {
         let curve = CostCurve::parse(spec, lookup_max + 1)?;
         println!("costs {spec}");

@@ -124,13 +124,26 @@ fn streaming_app() -> App {
     ] {
         app.handle(token(text, kind));
     }
-    for accepted in [3, 0, 2] {
+    // Each round carries the engine's statistics so far; after the third: 8 tokens in 0.3 s,
+    // 6 drafted, 5 accepted.
+    for (round, accepted) in [3, 0, 2].into_iter().enumerate() {
+        let last = round == 2;
         app.handle(AppEvent::Engine(Reply::Event(Event::Round {
             source: rapid_chat::speculative::adaptive::Source::Model,
             drafted: 4,
             accepted,
             t_draft: std::time::Duration::from_millis(30),
             t_verify: std::time::Duration::from_millis(70),
+            stats: Box::new(Stats {
+                generated_tokens: if last { 8 } else { 4 * (round + 1) },
+                drafted: if last { 6 } else { 4 },
+                accepted: if last { 5 } else { 3 },
+                rounds: round + 1,
+                decode_s: 0.1 * (round + 1) as f64,
+                decode_tok_s: if last { 8.0 / 0.3 } else { 40.0 },
+                mean_accepted_len: if last { 8.0 / 3.0 } else { 4.0 },
+                ..Stats::default()
+            }),
         })));
     }
     app

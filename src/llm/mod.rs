@@ -6,6 +6,8 @@ pub mod context;
 pub mod fetch;
 pub mod kvcache;
 pub mod model;
+pub mod token;
 
 pub use context::{Context, ContextSettings};
-pub use model::{Models, Tokenizer, backend};
+pub use model::{Model, Models, Tokenizer, backend};
+pub use token::{Detokenizer, Token};

@@ -10,6 +10,10 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
+/// A loaded model (weights and vocabulary). llama.cpp's own type: contexts borrow it, and the
+/// questions asked of it go through this module and [`super::token`].
+pub type Model = LlamaModel;
+
 static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
 
 /// The process's llama.cpp backend. llama.cpp's log callback is installed before the backend

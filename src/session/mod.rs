@@ -303,7 +303,7 @@ impl Engine {
     ) -> Result<Answer> {
         let model = self.models.target;
         // What happens here before the decode loop (the documents, SD's shared prefill) is added
-        // to the loop's statistics, in the Done event too.
+        // to the loop's statistics, in the Done and Round events too.
         let mut shared = Shared::default();
         // Lookups and adaptation belong to rapid mode; the other modes are the baselines it is
         // measured against (vanilla SD drafts a fixed γ with the drafter model). Knowledge
@@ -337,12 +337,13 @@ impl Engine {
             }
             shared.seconds += started.elapsed().as_secs_f64();
         }
-        let sink = &mut |event: Event| match event {
-            Event::Done(mut s) => {
-                shared.add_to(&mut s);
-                sink(Event::Done(s))
+        let sink = &mut |mut event: Event| {
+            match &mut event {
+                Event::Done(s) => shared.add_to(s),
+                Event::Round { stats, .. } => shared.add_to(stats),
+                _ => {}
             }
-            other => sink(other),
+            sink(event)
         };
         let mut output = match settings.mode {
             Mode::Ar => decode::generate(

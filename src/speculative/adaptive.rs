@@ -21,10 +21,10 @@
 
 use std::time::Duration;
 
-use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
 
 use super::lookup::Proposal;
+use crate::llm::Token;
 
 /// Where a round's draft came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,7 +301,7 @@ impl Policy {
     }
 
     /// Scores a lookup proposal the round did not use against the tokens the round `produced`.
-    pub fn observe_declined(&mut self, p: &Proposal, produced: &[LlamaToken]) {
+    pub fn observe_declined(&mut self, p: &Proposal, produced: &[Token]) {
         let agreed = p
             .tokens
             .iter()

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use llama_cpp_2::token::LlamaToken;
+use crate::llm::Token;
 
 /// Candidates examined per lookup (the most recent occurrences of the last two tokens).
 const MAX_CANDIDATES: usize = 64;
@@ -19,12 +19,12 @@ pub struct Proposal {
     pub match_len: usize,
     /// Whether the match is in the answer itself (a repetition) rather than the prompt.
     pub in_answer: bool,
-    pub tokens: Vec<LlamaToken>,
+    pub tokens: Vec<Token>,
 }
 
 /// The haystack and an index from each token pair to the positions that follow it.
 pub struct Lookup {
-    hay: Vec<LlamaToken>,
+    hay: Vec<Token>,
     /// Where the live sequence starts in `hay` (before it: the retrieved chunks).
     live: usize,
     /// Where the answer starts (after the prompt).
@@ -35,7 +35,7 @@ pub struct Lookup {
 impl Lookup {
     /// A haystack of `extra` (text only looked in) followed by `seq`, the sequence being
     /// extended with [`Self::push`].
-    pub fn new(extra: &[LlamaToken], seq: &[LlamaToken]) -> Self {
+    pub fn new(extra: &[Token], seq: &[Token]) -> Self {
         let mut me = Self {
             hay: Vec::with_capacity(extra.len() + seq.len() + 1024),
             live: 0,
@@ -54,7 +54,7 @@ impl Lookup {
     }
 
     /// Appends a token of the live sequence.
-    pub fn push(&mut self, t: LlamaToken) {
+    pub fn push(&mut self, t: Token) {
         self.hay.push(t);
         let n = self.hay.len();
         if n >= 2 {
@@ -117,8 +117,8 @@ impl Lookup {
 mod tests {
     use super::*;
 
-    fn toks(v: &[i32]) -> Vec<LlamaToken> {
-        v.iter().map(|&t| LlamaToken(t)).collect()
+    fn toks(v: &[i32]) -> Vec<Token> {
+        v.iter().map(|&t| Token::new(t)).collect()
     }
 
     #[test]
@@ -151,8 +151,8 @@ mod tests {
         let extra = toks(&[10, 11, 12, 13, 14]);
         let mut l = Lookup::new(&extra, &toks(&[1, 2]));
         assert_eq!(l.propose(2), None);
-        l.push(LlamaToken(10));
-        l.push(LlamaToken(11));
+        l.push(Token::new(10));
+        l.push(Token::new(11));
         assert_eq!(l.propose(2).unwrap().tokens, toks(&[12, 13]));
         // The extra text alone never proposes for its own end.
         let only = Lookup::new(&toks(&[1, 2, 3, 1, 2]), &[]);
@@ -163,12 +163,12 @@ mod tests {
     fn says_whether_the_match_is_in_the_answer() {
         let mut l = Lookup::new(&[], &toks(&[7, 8, 9, 1]));
         for t in [7, 8] {
-            l.push(LlamaToken(t));
+            l.push(Token::new(t));
         }
         assert!(!l.propose(1).unwrap().in_answer, "7 8 is in the prompt");
         let mut l = Lookup::new(&[], &toks(&[1, 2, 3]));
         for t in [5, 6, 9, 5, 6] {
-            l.push(LlamaToken(t));
+            l.push(Token::new(t));
         }
         let p = l.propose(1).unwrap();
         assert!(p.in_answer, "5 6 repeats the answer");

@@ -1,11 +1,15 @@
 //! Speculative decoding: the decode loop shared by every mode, acceptance (greedy and
-//! η-transfer sampling), the events it emits and the statistics it keeps.
+//! η-transfer sampling), the events it emits and the statistics it keeps. It speaks to
+//! llama.cpp only through [`crate::llm`].
 
+pub mod account;
 pub mod adaptive;
 pub mod decode;
+pub mod emit;
 pub mod lookup;
 pub mod replay;
 pub mod sampling;
+pub mod verify;
 
 use std::time::Duration;
 
@@ -54,6 +58,9 @@ pub enum Event {
         accepted: usize,
         t_draft: Duration,
         t_verify: Duration,
+        /// The statistics of the answer so far (computed as those of `Done` are; boxed to keep
+        /// every event as small as `Done`).
+        stats: Box<Stats>,
     },
     Done(Stats),
 }

@@ -10,10 +10,9 @@
 
 use std::time::Duration;
 
-use llama_cpp_2::token::LlamaToken;
-
 use super::adaptive::{self, Costs, Policy, Source};
 use super::lookup::Lookup;
+use crate::llm::Token;
 
 /// Verification time per batch size: `times[g - 1]` is `t(g)` in seconds, for `g` from 1.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,9 +107,9 @@ impl Replay {
 /// `answer[..i]` (up to `lookup_max` tokens, never past the answer's end), with how many of its
 /// tokens the answer confirms.
 fn proposals(
-    extra: &[LlamaToken],
-    prompt: &[LlamaToken],
-    answer: &[LlamaToken],
+    extra: &[Token],
+    prompt: &[Token],
+    answer: &[Token],
     lookup_max: usize,
 ) -> Vec<Option<(super::lookup::Proposal, usize)>> {
     let mut lookup = Lookup::new(extra, prompt);
@@ -137,9 +136,9 @@ fn proposals(
 /// lookup and a plain step as rapid mode does, and its estimates learn from the outcomes. Returns
 /// the replay and the costs it ends with (for the next answer).
 pub fn replay_policy(
-    extra: &[LlamaToken],
-    prompt: &[LlamaToken],
-    answer: &[LlamaToken],
+    extra: &[Token],
+    prompt: &[Token],
+    answer: &[Token],
     lookup_max: usize,
     curve: &CostCurve,
     costs: Costs,
@@ -197,9 +196,9 @@ pub fn replay_policy(
 /// choosing each round's draft length knowing which tokens will be accepted (dynamic
 /// programming over positions): the bound the policy is measured against.
 pub fn replay_best(
-    extra: &[LlamaToken],
-    prompt: &[LlamaToken],
-    answer: &[LlamaToken],
+    extra: &[Token],
+    prompt: &[Token],
+    answer: &[Token],
     lookup_max: usize,
     curve: &CostCurve,
 ) -> Replay {
@@ -238,9 +237,9 @@ pub fn replay_best(
 /// (the lookup's first `g − 1`, padded), costing `t_g`, so the shape never changes (on a GPU,
 /// llama.cpp's CUDA graph for it is kept rather than rebuilt when the batch size changes).
 pub fn replay_fixed(
-    extra: &[LlamaToken],
-    prompt: &[LlamaToken],
-    answer: &[LlamaToken],
+    extra: &[Token],
+    prompt: &[Token],
+    answer: &[Token],
     g: usize,
     t_g: f64,
 ) -> Replay {
@@ -279,8 +278,8 @@ pub fn calibrated(curve: &CostCurve, gamma: usize, lookup_max: usize) -> Costs {
 mod tests {
     use super::*;
 
-    fn toks(v: &[i32]) -> Vec<LlamaToken> {
-        v.iter().map(|&t| LlamaToken(t)).collect()
+    fn toks(v: &[i32]) -> Vec<Token> {
+        v.iter().map(|&t| Token::new(t)).collect()
     }
 
     #[test]
@@ -333,7 +332,7 @@ mod tests {
     #[test]
     fn nothing_to_look_up_is_plain_steps() {
         let prompt = toks(&[1, 2, 3]);
-        let answer: Vec<LlamaToken> = (100..140).map(LlamaToken).collect();
+        let answer: Vec<Token> = (100..140).map(Token::new).collect();
         let curve = CostCurve::parse("1:1, 17:5", 17).unwrap();
         let costs = calibrated(&curve, 6, 16);
         let (r, _) = replay_policy(&[], &prompt, &answer, 16, &curve, costs);

@@ -362,36 +362,20 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         format!("{} γ{} η{} T{}", app.settings.mode, p.gamma, p.eta, p.temp),
     ));
     lines.push(head("this answer"));
-    if let Some(e) = last {
-        let (tok, drafted, accepted, rounds) = live_stats(e);
+    if last.is_some() {
+        // The engine's statistics of the answer, running while it is written: read, never
+        // recomputed here.
         let st = s.cloned().unwrap_or_default();
-        let tok_s = if s.is_some() {
-            st.decode_tok_s
-        } else if e.decode_s > 0.0 {
-            tok as f64 / e.decode_s
-        } else {
-            0.0
-        };
-        lines.push(kv("tok/s", format!("{tok_s:.1}")));
+        lines.push(kv("tok/s", format!("{:.1}", st.decode_tok_s)));
         lines.push(kv(
             "accepted",
-            format!("{} ({:.0}%)", accepted, pct(accepted, drafted)),
+            format!("{} ({:.0}%)", st.accepted, pct(st.accepted, st.drafted)),
         ));
         lines.push(kv(
             "drafted",
-            format!("{drafted}, rejected {}", drafted - accepted),
+            format!("{}, rejected {}", st.drafted, st.drafted - st.accepted),
         ));
-        lines.push(kv(
-            "tok/round",
-            format!(
-                "{:.2}",
-                if rounds > 0 {
-                    tok as f64 / rounds as f64
-                } else {
-                    0.0
-                }
-            ),
-        ));
+        lines.push(kv("tok/round", format!("{:.2}", st.mean_accepted_len)));
         if st.lookup_drafted > 0 {
             lines.push(kv(
                 "lookups",
@@ -412,7 +396,7 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .conversation
         .entries
         .iter()
-        .filter(|e| e.stats.is_some())
+        .filter(|e| e.status != AnswerStatus::Streaming && e.stats.is_some())
         .collect();
     let (mut tokens, mut secs, mut drafted, mut accepted) = (0usize, 0f64, 0usize, 0usize);
     for e in &done {
@@ -474,29 +458,6 @@ fn fit(text: &str, width: usize) -> String {
     out
 }
 
-/// Tokens, drafted, accepted and rounds of an answer so far, from its tokens and rounds.
-fn live_stats(e: &Entry) -> (usize, usize, usize, usize) {
-    if let Some(s) = &e.stats {
-        return (s.generated_tokens, s.drafted, s.accepted, s.rounds);
-    }
-    let accepted = e
-        .tokens
-        .iter()
-        .filter(|t| t.kind == TokenKind::Accepted)
-        .count();
-    let corrected = e
-        .tokens
-        .iter()
-        .filter(|t| t.kind == TokenKind::Corrected)
-        .count();
-    (
-        e.tokens.len(),
-        accepted + corrected,
-        accepted,
-        e.round_count,
-    )
-}
-
 fn pct(a: usize, b: usize) -> f64 {
     if b == 0 {
         0.0
@@ -513,7 +474,8 @@ fn speedup(app: &App) -> String {
         .conversation
         .entries
         .last()
-        .and_then(|e| e.stats.as_ref().filter(|_| e.mode != Mode::Ar))
+        .filter(|e| e.mode != Mode::Ar && e.status != AnswerStatus::Streaming)
+        .and_then(|e| e.stats.as_ref())
     else {
         return "—".into();
     };

@@ -46,12 +46,8 @@ pub struct Entry {
     pub view: Option<View>,
     /// Accepted drafts per round that drafted, for the sparkline.
     pub rounds: Vec<u64>,
-    /// Rounds so far, plain target steps included (live tokens per round while streaming).
-    pub round_count: usize,
     /// Files re-indexed while this answer was being written.
     pub index_changed: bool,
-    /// Seconds of drafting and verifying so far (live tokens/s while streaming).
-    pub decode_s: f64,
 }
 
 impl From<&history::Entry> for Entry {
@@ -70,9 +66,7 @@ impl From<&history::Entry> for Entry {
             sources: e.sources.iter().map(Source::from).collect(),
             view: e.view.clone(),
             rounds: e.rounds.clone(),
-            round_count: e.stats.as_ref().map_or(0, |s| s.rounds),
             index_changed: e.index_changed,
-            decode_s: e.stats.as_ref().map_or(0.0, |s| s.decode_s),
         }
     }
 }
@@ -110,9 +104,7 @@ impl Entry {
             sources: Vec::new(),
             view: None,
             rounds: Vec::new(),
-            round_count: 0,
             index_changed: false,
-            decode_s: 0.0,
         }
     }
 
@@ -263,7 +255,8 @@ impl Conversation {
             (_, Reply::Finished(answer)) => {
                 let cancelled = answer.output.stats.cancelled;
                 if let Some(last) = self.streaming() {
-                    last.tokens = answer.output.tokens;
+                    // The tokens streamed are the answer: the end brings its statistics and how
+                    // it ended, not the tokens again.
                     last.stats = Some(answer.output.stats);
                     last.status = if cancelled {
                         AnswerStatus::Cancelled
@@ -303,18 +296,16 @@ impl Conversation {
                 Event::Round {
                     drafted,
                     accepted,
-                    t_draft,
-                    t_verify,
+                    stats,
                     ..
                 },
             ) => {
                 if let Some(last) = self.streaming() {
-                    last.round_count += 1;
                     // The sparkline shows drafts; plain target steps have none.
                     if drafted > 0 {
                         last.rounds.push(accepted as u64);
                     }
-                    last.decode_s += (t_draft + t_verify).as_secs_f64();
+                    last.stats = Some(*stats);
                 }
             }
             (_, Event::Done(stats)) => {
@@ -548,27 +539,33 @@ mod tests {
     fn rounds_and_stats_are_kept_on_the_answer_being_written() {
         let mut c = Conversation::default();
         let _ = ask(&mut c, "q");
-        let round = |drafted, accepted| {
+        let round = |drafted, accepted, rounds| {
             Reply::Event(Event::Round {
                 source: crate::speculative::adaptive::Source::Model,
                 drafted,
                 accepted,
                 t_draft: std::time::Duration::from_millis(30),
                 t_verify: std::time::Duration::from_millis(70),
+                stats: Box::new(Stats {
+                    rounds,
+                    decode_s: 0.1 * rounds as f64,
+                    ..Stats::default()
+                }),
             })
         };
-        reply(&mut c, round(4, 3));
-        reply(&mut c, round(0, 0));
+        reply(&mut c, round(4, 3, 1));
+        reply(&mut c, round(0, 0, 2));
+        let e = &c.entries[0];
+        assert_eq!(e.rounds, [3], "plain target steps are not in the sparkline");
+        let running = e.stats.as_ref().expect("the running statistics");
+        assert_eq!(running.rounds, 2);
+        assert!((running.decode_s - 0.2).abs() < 1e-9);
         let stats = Stats {
             generated_tokens: 5,
             ..Stats::default()
         };
         reply(&mut c, Reply::Event(Event::Done(stats.clone())));
-        let e = &c.entries[0];
-        assert_eq!(e.rounds, [3], "plain target steps are not in the sparkline");
-        assert_eq!(e.round_count, 2);
-        assert!((e.decode_s - 0.2).abs() < 1e-9);
-        assert_eq!(e.stats, Some(stats));
+        assert_eq!(c.entries[0].stats, Some(stats));
     }
 
     #[test]

@@ -1,0 +1,178 @@
+//! The statistics of an answer: the counts and times kept as the rounds go ([`Tally`]), and the
+//! one function that turns them, with the contexts' and the policy's state at that moment
+//! ([`Gauges`]), into [`Stats`]: the running snapshot of every round and the final statistics
+//! are the same computation.
+
+use std::time::Duration;
+
+use super::Stats;
+use super::adaptive::Source;
+
+/// Counts and times of the answer so far.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// The fields counted as the answer goes (prefill, time to first token, rounds, drafts);
+    /// the others are filled in by [`Tally::stats`].
+    counts: Stats,
+    generated: usize,
+    /// Whether the target chose end-of-generation (a token of the last round, not emitted).
+    ended_by_eog: bool,
+    draft_time: Duration,
+    verify_time: Duration,
+    /// The times of the rounds without drafts.
+    plain_steps: Vec<f64>,
+}
+
+/// The state, outside the tally, that the statistics report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gauges {
+    /// Time since decoding started (after prefill).
+    pub decode: Duration,
+    /// Of `decode`: the time spent inside llama.cpp.
+    pub busy: Duration,
+    pub target_ctx_tokens: usize,
+    pub draft_ctx_tokens: usize,
+    pub target_n_ctx: usize,
+    pub draft_n_ctx: usize,
+    pub ceiling: f64,
+    pub verify_curve: Vec<(usize, f64)>,
+    pub cancelled: bool,
+}
+
+impl Tally {
+    /// Tokens decoded during prefill; `target` says whether into the verifying context.
+    pub fn prefilled(&mut self, tokens: usize, target: bool) {
+        self.counts.prefill_tokens += tokens;
+        if target {
+            self.counts.target_prefill_tokens += tokens;
+        }
+    }
+
+    /// Prefill (and calibration) ended after `seconds`.
+    pub fn prefill_done(&mut self, seconds: f64) {
+        self.counts.prefill_s = seconds;
+    }
+
+    /// A token was emitted, `since_start` seconds after the answer started.
+    pub fn token(&mut self, since_start: impl FnOnce() -> f64) {
+        self.generated += 1;
+        if self.counts.ttft_s == 0.0 {
+            self.counts.ttft_s = since_start();
+        }
+    }
+
+    /// The times of a round; `plain` when it verified no draft.
+    pub fn timed(&mut self, t_draft: Duration, t_verify: Duration, plain: bool) {
+        self.draft_time += t_draft;
+        self.verify_time += t_verify;
+        if plain {
+            self.plain_steps.push(t_verify.as_secs_f64());
+        }
+        self.counts.rounds += 1;
+    }
+
+    /// What a round's drafts counted for (see [`super::emit`]).
+    pub fn drafts(&mut self, source: Source, drafted: usize, accepted: usize) {
+        self.counts.drafted += drafted;
+        self.counts.accepted += accepted;
+        match source {
+            Source::None => self.counts.plain_rounds += 1,
+            Source::Lookup => {
+                self.counts.lookup_drafted += drafted;
+                self.counts.lookup_accepted += accepted;
+            }
+            Source::Model => {}
+        }
+    }
+
+    /// The target chose end-of-generation.
+    pub fn ended_by_eog(&mut self) {
+        self.ended_by_eog = true;
+    }
+
+    /// The statistics of the answer so far.
+    pub fn stats(&self, gauges: Gauges) -> Stats {
+        let c = &self.counts;
+        let decode_s = gauges.decode.as_secs_f64();
+        Stats {
+            generated_tokens: self.generated,
+            acceptance_rate: ratio(c.accepted, c.drafted),
+            // Tokens the target produced per round, the hidden end-of-generation token included.
+            mean_accepted_len: ratio(self.generated + usize::from(self.ended_by_eog), c.rounds),
+            decode_s,
+            decode_tok_s: if decode_s > 0.0 {
+                self.generated as f64 / decode_s
+            } else {
+                0.0
+            },
+            target_ctx_tokens: gauges.target_ctx_tokens,
+            draft_ctx_tokens: gauges.draft_ctx_tokens,
+            target_n_ctx: gauges.target_n_ctx,
+            draft_n_ctx: gauges.draft_n_ctx,
+            draft_s: self.draft_time.as_secs_f64(),
+            verify_s: self.verify_time.as_secs_f64(),
+            overhead_s: gauges.decode.saturating_sub(gauges.busy).as_secs_f64(),
+            plain_step_s: super::median(&mut self.plain_steps.clone()).unwrap_or(0.0),
+            ceiling: gauges.ceiling,
+            verify_curve: gauges.verify_curve,
+            cancelled: gauges.cancelled,
+            ..c.clone()
+        }
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_add_up_and_the_hidden_end_of_generation_counts_per_round() {
+        let mut t = Tally::default();
+        t.prefilled(100, true);
+        t.prefilled(40, false);
+        // A lookup round: 4 drafted, 3 accepted, a correction (4 tokens).
+        t.timed(Duration::ZERO, Duration::from_millis(20), false);
+        t.drafts(Source::Lookup, 4, 3);
+        // A plain step, then a model round of 2 accepted drafts whose bonus is end-of-generation.
+        t.timed(Duration::ZERO, Duration::from_millis(10), true);
+        t.drafts(Source::None, 0, 0);
+        t.timed(Duration::from_millis(5), Duration::from_millis(30), false);
+        t.drafts(Source::Model, 2, 2);
+        for _ in 0..7 {
+            t.token(|| 0.5);
+        }
+        t.ended_by_eog();
+        let s = t.stats(Gauges {
+            decode: Duration::from_millis(100),
+            busy: Duration::from_millis(60),
+            ..Gauges::default()
+        });
+        assert_eq!((s.prefill_tokens, s.target_prefill_tokens), (140, 100));
+        assert_eq!((s.rounds, s.plain_rounds), (3, 1));
+        assert_eq!((s.drafted, s.accepted), (6, 5));
+        assert_eq!((s.lookup_drafted, s.lookup_accepted), (4, 3));
+        assert_eq!(s.generated_tokens, 7);
+        assert!((s.mean_accepted_len - 8.0 / 3.0).abs() < 1e-12);
+        assert!((s.acceptance_rate - 5.0 / 6.0).abs() < 1e-12);
+        assert!((s.decode_tok_s - 70.0).abs() < 1e-9);
+        assert!((s.overhead_s - 0.04).abs() < 1e-9);
+        assert!((s.plain_step_s - 0.01).abs() < 1e-12);
+        assert_eq!(s.ttft_s, 0.5);
+    }
+
+    #[test]
+    fn a_snapshot_leaves_the_tally_as_it_was() {
+        let mut t = Tally::default();
+        for ms in [30, 10, 20] {
+            t.timed(Duration::ZERO, Duration::from_millis(ms), true);
+        }
+        let first = t.stats(Gauges::default());
+        assert_eq!(first, t.stats(Gauges::default()));
+        assert!((first.plain_step_s - 0.02).abs() < 1e-12);
+        assert_eq!(t.stats(Gauges::default()).decode_tok_s, 0.0);
+    }
+}
