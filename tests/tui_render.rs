@@ -129,7 +129,7 @@ fn streaming_app() -> App {
     for (round, accepted) in [3, 0, 2].into_iter().enumerate() {
         let last = round == 2;
         app.handle(AppEvent::Engine(Reply::Event(Event::Round {
-            source: rapid_chat::speculative::adaptive::Source::Model,
+            source: rapid_chat::speculative::adaptive::DraftSource::Model,
             drafted: 4,
             accepted,
             t_draft: std::time::Duration::from_millis(30),

@@ -13,7 +13,7 @@ use crate::llm::context::common_prefix;
 use crate::llm::kvcache::{self, KvCache};
 use crate::llm::{Context, ContextSettings, Models};
 use crate::paths::Dirs;
-use crate::speculative::decode::{self, Drafter, Output, Params};
+use crate::speculative::decode::{self, Drafter, Output};
 use crate::speculative::{Event, Flow, Mode};
 pub use prompt::{Prompts, Source, Turn, View};
 
@@ -71,24 +71,6 @@ pub struct Answer {
     pub output: Output,
     pub sources: Vec<Source>,
     pub view: View,
-}
-
-/// The decode loop's parameters for an answer decoded with `settings`.
-fn params(settings: &EngineConfig) -> Params {
-    Params {
-        gamma: settings.gamma,
-        draft_confidence: settings.draft_confidence,
-        eta: settings.eta,
-        temp: settings.temp,
-        top_p: settings.top_p,
-        seed: settings.seed,
-        max_tokens: settings.max_tokens,
-        lookup: settings.lookup,
-        lookup_max: settings.lookup_max,
-        adaptive: settings.adaptive,
-        ignore_eos: settings.ignore_eos,
-        verify_batch: settings.verify_batch,
-    }
 }
 
 impl Engine {
@@ -310,10 +292,10 @@ impl Engine {
         // transfer (η > 0) needs the drafter's distribution at every position, which lookups and
         // plain steps do not have: then the drafter drafts every round.
         let speed_only = settings.mode == Mode::Rapid && settings.eta <= 0.0;
-        let params = &Params {
+        let params = &EngineConfig {
             lookup: settings.lookup && speed_only,
             adaptive: settings.adaptive && speed_only,
-            ..params(settings)
+            ..settings.clone()
         };
         if settings.mode != Mode::Rag {
             self.last_view = prompts.target_chunks.clone();

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::Stats;
-use super::adaptive::Source;
+use super::adaptive::DraftSource;
 
 /// Counts and times of the answer so far.
 #[derive(Debug, Clone, Default)]
@@ -72,16 +72,16 @@ impl Tally {
     }
 
     /// What a round's drafts counted for (see [`super::emit`]).
-    pub fn drafts(&mut self, source: Source, drafted: usize, accepted: usize) {
+    pub fn drafts(&mut self, source: DraftSource, drafted: usize, accepted: usize) {
         self.counts.drafted += drafted;
         self.counts.accepted += accepted;
         match source {
-            Source::None => self.counts.plain_rounds += 1,
-            Source::Lookup => {
+            DraftSource::None => self.counts.plain_rounds += 1,
+            DraftSource::Lookup => {
                 self.counts.lookup_drafted += drafted;
                 self.counts.lookup_accepted += accepted;
             }
-            Source::Model => {}
+            DraftSource::Model => {}
         }
     }
 
@@ -136,12 +136,12 @@ mod tests {
         t.prefilled(40, false);
         // A lookup round: 4 drafted, 3 accepted, a correction (4 tokens).
         t.timed(Duration::ZERO, Duration::from_millis(20), false);
-        t.drafts(Source::Lookup, 4, 3);
+        t.drafts(DraftSource::Lookup, 4, 3);
         // A plain step, then a model round of 2 accepted drafts whose bonus is end-of-generation.
         t.timed(Duration::ZERO, Duration::from_millis(10), true);
-        t.drafts(Source::None, 0, 0);
+        t.drafts(DraftSource::None, 0, 0);
         t.timed(Duration::from_millis(5), Duration::from_millis(30), false);
-        t.drafts(Source::Model, 2, 2);
+        t.drafts(DraftSource::Model, 2, 2);
         for _ in 0..7 {
             t.token(|| 0.5);
         }

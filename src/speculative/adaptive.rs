@@ -29,7 +29,7 @@ use crate::llm::Token;
 /// Where a round's draft came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub enum DraftSource {
     /// No draft: one target step.
     None,
     /// The continuation of an earlier occurrence of the recent tokens.
@@ -41,14 +41,14 @@ pub enum Source {
 /// A round's plan: the source and the most tokens to draft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice {
-    pub source: Source,
+    pub source: DraftSource,
     pub k: usize,
 }
 
 impl Choice {
     /// A plain target step.
     pub const NONE: Self = Self {
-        source: Source::None,
+        source: DraftSource::None,
         k: 0,
     };
 }
@@ -245,9 +245,9 @@ fn bucket(match_len: usize, in_answer: bool) -> usize {
     by_len + 4 * usize::from(in_answer)
 }
 
-/// What a round may draft from.
+/// What a round may draft from: the candidates the policy chooses among.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
+pub struct Candidates {
     /// The lookup's match length and how many tokens it can propose.
     pub lookup: Option<(usize, usize)>,
     /// The most tokens the drafter model may draft (0: no drafter this round).
@@ -318,7 +318,7 @@ impl Policy {
     }
 
     /// The plan for the next round.
-    pub fn choose(&mut self, opts: Options) -> Choice {
+    pub fn choose(&mut self, opts: Candidates) -> Choice {
         let lookup = opts.lookup.filter(|&(_, avail)| avail > 0);
         let choice = if self.adaptive {
             self.best(
@@ -329,18 +329,18 @@ impl Policy {
             )
         } else if let Some((_, avail)) = lookup.filter(|&(len, _)| len >= FIXED_MIN_MATCH) {
             Choice {
-                source: Source::Lookup,
+                source: DraftSource::Lookup,
                 k: avail,
             }
         } else if opts.model_max > 0 {
             Choice {
-                source: Source::Model,
+                source: DraftSource::Model,
                 k: opts.model_max,
             }
         } else {
             Choice::NONE
         };
-        self.idle = if choice.source == Source::Model {
+        self.idle = if choice.source == DraftSource::Model {
             0
         } else {
             self.idle + 1
@@ -371,7 +371,7 @@ impl Policy {
             if cost - t1 > risk {
                 return;
             }
-            if choice.source == Source::Model {
+            if choice.source == DraftSource::Model {
                 model_best = model_best.max(rate);
                 model_k = model_k.max(choice.k);
             }
@@ -384,7 +384,7 @@ impl Policy {
             for k in 1..=avail {
                 if let Some(t) = self.costs.verify.estimate(k + 1) {
                     let choice = Choice {
-                        source: Source::Lookup,
+                        source: DraftSource::Lookup,
                         k,
                     };
                     consider(expected_tokens(alpha, k) / t, t, choice);
@@ -404,7 +404,7 @@ impl Policy {
             for k in 1..=model_max {
                 if let Some(t) = self.costs.verify.estimate(k + 1) {
                     let choice = Choice {
-                        source: Source::Model,
+                        source: DraftSource::Model,
                         k,
                     };
                     let cost = catch_up + (k - 1) as f64 * td + t;
@@ -415,13 +415,13 @@ impl Policy {
         let (rate, best) = best;
         // Try the idle drafter now and then with a short draft when it is nearly worth it: its
         // estimate may be stale. (Lookups are scored even when not used.)
-        if best.source == Source::None
+        if best.source == DraftSource::None
             && model_k > 0
             && self.idle >= EXPLORE_AFTER
             && model_best >= 0.8 * rate
         {
             return Choice {
-                source: Source::Model,
+                source: DraftSource::Model,
                 k: model_k.min(2),
             };
         }
@@ -449,12 +449,12 @@ impl Policy {
         }
         self.costs.verify.record(g, round.t_verify.as_secs_f64());
         match round.source {
-            Source::None => {}
-            Source::Lookup => {
+            DraftSource::None => {}
+            DraftSource::Lookup => {
                 self.costs.lookup[bucket(round.match_len, round.lookup_in_answer)]
                     .record(round.accepted, round.rejected);
             }
-            Source::Model => {
+            DraftSource::Model => {
                 if let Some(step) = round.t_draft_step {
                     self.costs.draft_step.record(step.as_secs_f64());
                 }
@@ -492,7 +492,7 @@ impl Policy {
 /// What a round did, for [`Policy::record`].
 #[derive(Debug, Clone, Copy)]
 pub struct Round {
-    pub source: Source,
+    pub source: DraftSource,
     pub match_len: usize,
     pub lookup_in_answer: bool,
     pub drafted: usize,
@@ -512,7 +512,7 @@ mod tests {
         Duration::from_secs_f64(x / 1000.0)
     }
 
-    fn round(source: Source, len: usize, drafted: usize, accepted: usize, t: f64) -> Round {
+    fn round(source: DraftSource, len: usize, drafted: usize, accepted: usize, t: f64) -> Round {
         Round {
             source,
             match_len: len,
@@ -558,29 +558,29 @@ mod tests {
     fn cpu_costs_fall_back_to_plain_steps_unless_the_lookup_is_good() {
         let mut p = Policy::new(true, 1.0);
         for _ in 0..5 {
-            p.record(round(Source::None, 0, 0, 0, 31.0));
-            p.record(round(Source::Lookup, 8, 3, 3, 74.0));
-            p.record(round(Source::Lookup, 8, 7, 7, 124.0));
-            let mut r = round(Source::Model, 0, 6, 5, 140.0);
+            p.record(round(DraftSource::None, 0, 0, 0, 31.0));
+            p.record(round(DraftSource::Lookup, 8, 3, 3, 74.0));
+            p.record(round(DraftSource::Lookup, 8, 7, 7, 124.0));
+            let mut r = round(DraftSource::Model, 0, 6, 5, 140.0);
             r.t_draft = ms(90.0);
             r.t_draft_step = Some(ms(15.0));
             p.record(r);
         }
         // Model acceptance: 5 of 6 with a rejection each round: about 0.8.
-        let c = p.choose(Options {
+        let c = p.choose(Candidates {
             lookup: None,
             model_max: 6,
             model_behind: 1,
             lookup_in_answer: false,
         });
-        assert_eq!(c.source, Source::None);
-        let c = p.choose(Options {
+        assert_eq!(c.source, DraftSource::None);
+        let c = p.choose(Candidates {
             lookup: Some((9, 16)),
             model_max: 6,
             model_behind: 1,
             lookup_in_answer: false,
         });
-        assert_eq!(c.source, Source::Lookup);
+        assert_eq!(c.source, DraftSource::Lookup);
         assert!(c.k >= 3, "{c:?}");
     }
 
@@ -593,7 +593,7 @@ mod tests {
     fn next_answer_after(p: &Policy, draft_cost_hint: f64, n: usize, t1: f64) -> Policy {
         let mut p = next_answer(p, draft_cost_hint);
         for _ in 0..n {
-            p.record(round(Source::None, 0, 0, 0, t1));
+            p.record(round(DraftSource::None, 0, 0, 0, t1));
         }
         p
     }
@@ -601,44 +601,44 @@ mod tests {
     #[test]
     fn a_lookup_that_keeps_failing_is_dropped_and_taken_again_once_it_would_have_been_right() {
         let mut p = Policy::new(true, 1.0);
-        p.record(round(Source::None, 0, 0, 0, 30.0));
+        p.record(round(DraftSource::None, 0, 0, 0, 30.0));
         for _ in 0..10 {
-            p.record(round(Source::Lookup, 5, 2, 0, 50.0));
+            p.record(round(DraftSource::Lookup, 5, 2, 0, 50.0));
         }
-        let opts = Options {
+        let opts = Candidates {
             lookup: Some((5, 4)),
-            ..Options::default()
+            ..Candidates::default()
         };
-        assert_eq!(p.choose(opts).source, Source::None);
+        assert_eq!(p.choose(opts).source, DraftSource::None);
         // Some way into the next answer, whose loss budget is its own.
         let mut p = next_answer_after(&p, 1.0, 16, 30.0);
-        assert_eq!(p.choose(opts).source, Source::None);
+        assert_eq!(p.choose(opts).source, DraftSource::None);
         // Plain steps that produced what the declined lookups proposed.
         for _ in 0..20 {
             p.observe_lookup(5, false, 1, false);
         }
-        assert_eq!(p.choose(opts).source, Source::Lookup);
+        assert_eq!(p.choose(opts).source, DraftSource::Lookup);
     }
 
     #[test]
     fn the_drafter_is_retried_after_a_while_only_when_nearly_worth_it() {
-        let opts = Options {
+        let opts = Candidates {
             model_max: 4,
             model_behind: 1,
             lookup_in_answer: false,
-            ..Options::default()
+            ..Candidates::default()
         };
         let count = |p: &mut Policy| {
             (0..EXPLORE_AFTER * 2)
-                .filter(|_| p.choose(opts).source == Source::Model)
+                .filter(|_| p.choose(opts).source == DraftSource::Model)
                 .count()
         };
         // Nearly worth it: a cheap drafter whose acceptance fell.
         let mut p = Policy::new(true, 0.1);
-        p.record(round(Source::None, 0, 0, 0, 30.0));
-        p.record(round(Source::Lookup, 3, 4, 0, 40.0));
+        p.record(round(DraftSource::None, 0, 0, 0, 30.0));
+        p.record(round(DraftSource::Lookup, 3, 4, 0, 40.0));
         for _ in 0..5 {
-            p.record(round(Source::Model, 0, 4, 0, 40.0));
+            p.record(round(DraftSource::Model, 0, 4, 0, 40.0));
         }
         // (This answer's drafts lost: its budget allows no more. The next one's does, a little in.)
         assert_eq!(count(&mut p), 0);
@@ -646,10 +646,10 @@ mod tests {
         assert!((1..=3).contains(&count(&mut p)));
         // Far from it: a drafter as slow as the target at 10% acceptance, never retried.
         let mut p = Policy::new(true, 1.0);
-        p.record(round(Source::None, 0, 0, 0, 30.0));
-        p.record(round(Source::Lookup, 3, 4, 0, 90.0));
+        p.record(round(DraftSource::None, 0, 0, 0, 30.0));
+        p.record(round(DraftSource::Lookup, 3, 4, 0, 90.0));
         for _ in 0..5 {
-            p.record(round(Source::Model, 0, 4, 0, 90.0));
+            p.record(round(DraftSource::Model, 0, 4, 0, 90.0));
         }
         assert_eq!(count(&mut p), 0);
     }
@@ -659,14 +659,14 @@ mod tests {
         // DESIGN.md's H200 SmolLM2 figures: 1.3 ms a step, 3.5 ms for 11 tokens.
         let mut p = Policy::new(true, 1.0);
         for _ in 0..4 {
-            p.record(round(Source::None, 0, 0, 0, 1.3));
-            p.record(round(Source::Lookup, 8, 10, 10, 3.5));
+            p.record(round(DraftSource::None, 0, 0, 0, 1.3));
+            p.record(round(DraftSource::Lookup, 8, 10, 10, 3.5));
         }
-        let c = p.choose(Options {
+        let c = p.choose(Candidates {
             lookup: Some((10, 16)),
-            ..Options::default()
+            ..Candidates::default()
         });
-        assert_eq!(c.source, Source::Lookup);
+        assert_eq!(c.source, DraftSource::Lookup);
         assert!(c.k >= 10, "{c:?}");
     }
 
@@ -676,32 +676,32 @@ mod tests {
     fn a_cheap_drafter_pays_unless_it_must_catch_up_a_long_way() {
         let mut p = Policy::new(true, 0.05);
         for _ in 0..4 {
-            p.record(round(Source::None, 0, 0, 0, 5.0));
-            p.record(round(Source::Lookup, 3, 4, 0, 6.0));
+            p.record(round(DraftSource::None, 0, 0, 0, 5.0));
+            p.record(round(DraftSource::Lookup, 3, 4, 0, 6.0));
         }
         let mut p = next_answer_after(&p, 0.05, 16, 5.0);
-        let opts = |behind| Options {
+        let opts = |behind| Candidates {
             lookup: None,
             model_max: 6,
             model_behind: behind,
             lookup_in_answer: false,
         };
         let c = p.choose(opts(1));
-        assert_eq!(c.source, Source::Model, "{c:?}");
+        assert_eq!(c.source, DraftSource::Model, "{c:?}");
         assert!(c.k >= 3, "{c:?}");
         let mut cpu = Policy::new(true, 0.5);
         for _ in 0..4 {
-            cpu.record(round(Source::None, 0, 0, 0, 31.0));
-            cpu.record(round(Source::Lookup, 3, 7, 0, 124.0));
+            cpu.record(round(DraftSource::None, 0, 0, 0, 31.0));
+            cpu.record(round(DraftSource::Lookup, 3, 7, 0, 124.0));
         }
-        assert_eq!(cpu.choose(opts(200)).source, Source::None);
+        assert_eq!(cpu.choose(opts(200)).source, DraftSource::None);
         assert!(cpu.ceiling().unwrap() > 1.9);
     }
 
     #[test]
     fn without_adaptation_lookup_then_model() {
         let mut p = Policy::new(false, 1.0);
-        let c = p.choose(Options {
+        let c = p.choose(Candidates {
             lookup: Some((5, 4)),
             model_max: 6,
             model_behind: 1,
@@ -710,11 +710,11 @@ mod tests {
         assert_eq!(
             c,
             Choice {
-                source: Source::Lookup,
+                source: DraftSource::Lookup,
                 k: 4
             }
         );
-        let c = p.choose(Options {
+        let c = p.choose(Candidates {
             lookup: Some((2, 4)),
             model_max: 6,
             model_behind: 1,
@@ -723,11 +723,11 @@ mod tests {
         assert_eq!(
             c,
             Choice {
-                source: Source::Model,
+                source: DraftSource::Model,
                 k: 6
             }
         );
-        let c = p.choose(Options::default());
+        let c = p.choose(Candidates::default());
         assert_eq!(c, Choice::NONE);
     }
 
@@ -745,7 +745,7 @@ mod tests {
     ];
 
     /// A 16-token lookup of a 9-token match in the prompt.
-    const LONG_LOOKUP: Options = Options {
+    const LONG_LOOKUP: Candidates = Candidates {
         lookup: Some((9, 16)),
         model_max: 0,
         model_behind: 0,
@@ -760,7 +760,7 @@ mod tests {
             p.record_verify(g, ms(t));
         }
         for _ in 0..30 {
-            p.record(round(Source::Lookup, 9, 15, 15, 194.8));
+            p.record(round(DraftSource::Lookup, 9, 15, 15, 194.8));
         }
         next_answer(&p, 1.0)
     }
@@ -776,19 +776,22 @@ mod tests {
             if c != Choice::NONE {
                 break c;
             }
-            p.record(round(Source::None, 0, 0, 0, CPU[0].1));
+            p.record(round(DraftSource::None, 0, 0, 0, CPU[0].1));
             steps += 1;
         };
         assert!((8..=24).contains(&steps), "{steps} plain steps first");
-        assert_eq!(first.source, Source::Lookup);
+        assert_eq!(first.source, DraftSource::Lookup);
         assert_eq!(first.k, 1, "{first:?}");
         // Drafts that pay open longer ones.
         let mut ks = vec![first.k];
         for _ in 0..8 {
             let k = *ks.last().unwrap();
-            p.record(round(Source::Lookup, 9, k, k, cpu_t(k + 1)));
+            p.record(round(DraftSource::Lookup, 9, k, k, cpu_t(k + 1)));
             let c = p.choose(LONG_LOOKUP);
-            assert!(c.source == Source::Lookup && c.k >= k, "{ks:?} then {c:?}");
+            assert!(
+                c.source == DraftSource::Lookup && c.k >= k,
+                "{ks:?} then {c:?}"
+            );
             ks.push(c.k);
         }
         assert!(*ks.last().unwrap() >= 8, "{ks:?}");
@@ -798,16 +801,22 @@ mod tests {
     fn a_losing_draft_closes_drafting_until_the_answer_has_gone_on() {
         let mut p = after_a_repetitive_answer();
         for _ in 0..20 {
-            p.record(round(Source::None, 0, 0, 0, CPU[0].1));
+            p.record(round(DraftSource::None, 0, 0, 0, CPU[0].1));
         }
         let first = p.choose(LONG_LOOKUP);
-        assert_eq!(first.source, Source::Lookup);
-        p.record(round(Source::Lookup, 9, first.k, 0, cpu_t(first.k + 1)));
+        assert_eq!(first.source, DraftSource::Lookup);
+        p.record(round(
+            DraftSource::Lookup,
+            9,
+            first.k,
+            0,
+            cpu_t(first.k + 1),
+        ));
         assert_eq!(p.choose(LONG_LOOKUP), Choice::NONE);
         // Each plain step adds a share of a step to the budget.
         let mut steps = 0;
         while p.choose(LONG_LOOKUP) == Choice::NONE {
-            p.record(round(Source::None, 0, 0, 0, CPU[0].1));
+            p.record(round(DraftSource::None, 0, 0, 0, CPU[0].1));
             steps += 1;
             assert!(steps < 100, "drafting never reopened");
         }

@@ -17,63 +17,28 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::account::{Gauges, Tally};
-use super::adaptive::{self, Costs, Policy, Source};
+use super::adaptive::{self, Costs, DraftSource, Policy};
 use super::emit::{self, Stop};
 use super::lookup::{Lookup, Proposal};
 use super::sampling::{argmax_margin, max_prob, sample, softmax, top_p};
 use super::verify::{self, Settings, Verified};
 use super::{Event, Flow, GenToken, Stats, TokenKind};
+use crate::config::EngineConfig;
 use crate::llm::context::common_prefix;
 use crate::llm::{Context, Detokenizer, Model, Token, token};
 
-/// Decoding settings of one answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Params {
-    /// Largest draft per round.
-    pub gamma: usize,
-    /// The drafter stops when its top probability falls below this.
-    pub draft_confidence: f32,
-    pub eta: f32,
-    /// 0 is greedy.
-    pub temp: f32,
-    pub top_p: f32,
-    pub seed: u64,
-    pub max_tokens: usize,
-    /// Draft from lookups in the text as well as from the drafter.
-    pub lookup: bool,
-    /// Longest lookup draft.
-    pub lookup_max: usize,
-    /// Choose each round's draft source and length from measured costs and acceptance;
-    /// otherwise lookups of 3+ matching tokens, else the drafter's `gamma` tokens.
-    pub adaptive: bool,
-    /// Never end at end-of-generation: the target's choice is the best other token, so every
-    /// answer runs to `max_tokens` (for timing models whose text means nothing; `bench`).
-    pub ignore_eos: bool,
-    /// With lookups: every round decodes exactly this many tokens (the lookup's draft, padded),
-    /// plain rounds included, so the batch shape never changes (0: each round decodes its draft
-    /// alone). On a GPU, llama.cpp rebuilds its CUDA graph whenever the shape changes, which
-    /// costs more than a small fixed batch; with a fixed shape the longest draft is free.
-    pub verify_batch: usize,
-}
-
-impl Params {
-    fn greedy(&self) -> bool {
-        self.temp <= 0.0
-    }
-
-    /// How the target verifies a round whose draft the policy chose from `source`. Lookups
-    /// carry no drafter distribution: their rounds verify against the target's own p (no
-    /// transfer), with the draft as a point mass where sampling needs a q.
-    fn settings(&self, source: Source) -> Settings {
-        Settings {
-            temp: self.temp,
-            eta: if source == Source::Lookup {
-                0.0
-            } else {
-                self.eta
-            },
-            top_p: self.top_p,
-        }
+/// How the target verifies a round whose draft the policy chose from `source`. Lookups carry no
+/// drafter distribution: their rounds verify against the target's own p (no transfer), with the
+/// draft as a point mass where sampling needs a q.
+fn round_settings(params: &EngineConfig, source: DraftSource) -> Settings {
+    Settings {
+        temp: params.temp,
+        eta: if source == DraftSource::Lookup {
+            0.0
+        } else {
+            params.eta
+        },
+        top_p: params.top_p,
     }
 }
 
@@ -104,7 +69,7 @@ pub fn generate(
     target: &mut Context,
     prompt: &[Token],
     mut drafter: Option<Drafter<'_>>,
-    params: &Params,
+    params: &EngineConfig,
     costs: &mut Costs,
     sink: &mut dyn FnMut(Event) -> Flow,
 ) -> Result<Output> {
@@ -169,7 +134,7 @@ pub fn generate(
             answer.pending,
             &draft,
             plan.fixed,
-            &params.settings(plan.choice.source),
+            &round_settings(params, plan.choice.source),
             &eog,
             &mut rng,
         )?;
@@ -204,7 +169,7 @@ pub fn generate(
         if let Some(p) = plan
             .proposal
             .as_ref()
-            .filter(|_| source != Source::Lookup && plan.fixed.is_none())
+            .filter(|_| source != DraftSource::Lookup && plan.fixed.is_none())
         {
             let produced = &answer.generated[answer.generated.len() - emitted.emitted..];
             policy.observe_declined(p, produced);
@@ -348,7 +313,7 @@ struct Plan {
 /// Chooses the round's draft: the lookup's proposal (if any) and the drafter's room are the
 /// options; the policy picks, except under a fixed batch shape, where the lookup is free.
 fn choose(
-    params: &Params,
+    params: &EngineConfig,
     fixed_shape: bool,
     target: &Context,
     drafter: Option<&Drafter<'_>>,
@@ -374,11 +339,11 @@ fn choose(
     let choice = match (fixed, proposal.as_ref()) {
         // The batch costs the same whatever it holds: the whole lookup, or nothing.
         (Some(_), Some(p)) => adaptive::Choice {
-            source: Source::Lookup,
+            source: DraftSource::Lookup,
             k: p.tokens.len(),
         },
         (Some(_), None) => adaptive::Choice::NONE,
-        (None, _) => policy.choose(adaptive::Options {
+        (None, _) => policy.choose(adaptive::Candidates {
             lookup: proposal.as_ref().map(|p| (p.match_len, p.tokens.len())),
             model_max,
             model_behind,
@@ -398,20 +363,20 @@ fn draft_round(
     plan: &Plan,
     drafter: Option<&mut Drafter<'_>>,
     seq: &[Token],
-    params: &Params,
+    params: &EngineConfig,
     rng: &mut ChaCha8Rng,
-) -> Result<(Source, Drafted)> {
+) -> Result<(DraftSource, Drafted)> {
     let adaptive::Choice { source, k } = plan.choice;
     let drafted = match (source, drafter, plan.proposal.as_ref()) {
-        (Source::Model, Some(d), _) if k > 0 => draft(d.ctx, seq, params, k, rng)?,
-        (Source::Lookup, _, Some(p)) => Drafted {
+        (DraftSource::Model, Some(d), _) if k > 0 => draft(d.ctx, seq, params, k, rng)?,
+        (DraftSource::Lookup, _, Some(p)) => Drafted {
             tokens: p.tokens[..k.min(p.tokens.len())].to_vec(),
             ..Drafted::default()
         },
         _ => Drafted::default(),
     };
     let source = if drafted.tokens.is_empty() {
-        Source::None
+        DraftSource::None
     } else {
         source
     };
@@ -462,7 +427,7 @@ fn verify_round(
 /// what it cost (also traced).
 fn measured(
     plan: &Plan,
-    source: Source,
+    source: DraftSource,
     draft: &Drafted,
     verified: &[Verified],
     t_draft: Duration,
@@ -535,7 +500,7 @@ fn account(
 fn calibrate(
     target: &mut Context,
     pending: Token,
-    params: &Params,
+    params: &EngineConfig,
     policy: &mut Policy,
 ) -> Result<()> {
     let mut sizes =
@@ -578,7 +543,7 @@ struct Drafted {
 fn draft(
     ctx: &mut Context,
     seq: &[Token],
-    params: &Params,
+    params: &EngineConfig,
     max: usize,
     rng: &mut ChaCha8Rng,
 ) -> Result<Drafted> {

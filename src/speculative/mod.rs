@@ -53,7 +53,7 @@ pub enum Event {
     Token(GenToken),
     Round {
         /// Where the draft came from (`None`: a plain target step).
-        source: adaptive::Source,
+        source: adaptive::DraftSource,
         drafted: usize,
         accepted: usize,
         t_draft: Duration,

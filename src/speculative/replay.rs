@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::adaptive::{self, Costs, Policy, Source};
+use super::adaptive::{self, Costs, DraftSource, Policy};
 use super::lookup::Lookup;
 use crate::llm::Token;
 
@@ -152,18 +152,18 @@ pub fn replay_policy(
     let mut i = 0;
     while i < answer.len() {
         let prop = props[i].as_ref();
-        let choice = policy.choose(adaptive::Options {
+        let choice = policy.choose(adaptive::Candidates {
             lookup: prop.map(|(p, _)| (p.match_len, p.tokens.len())),
             model_max: 0,
             model_behind: 0,
             lookup_in_answer: prop.is_some_and(|(p, _)| p.in_answer),
         });
         let (source, k, accepted) = match (choice.source, prop) {
-            (Source::Lookup, Some((p, agree))) => {
+            (DraftSource::Lookup, Some((p, agree))) => {
                 let k = choice.k.min(p.tokens.len());
-                (Source::Lookup, k, (*agree).min(k))
+                (DraftSource::Lookup, k, (*agree).min(k))
             }
-            _ => (Source::None, 0, 0),
+            _ => (DraftSource::None, 0, 0),
         };
         let produced = (accepted + 1).min(answer.len() - i);
         policy.record(adaptive::Round {
@@ -177,12 +177,12 @@ pub fn replay_policy(
             t_draft_step: None,
             t_verify: curve.duration(k + 1),
         });
-        if let Some((p, _)) = prop.filter(|_| source != Source::Lookup) {
+        if let Some((p, _)) = prop.filter(|_| source != DraftSource::Lookup) {
             policy.observe_declined(p, &answer[i..i + produced]);
         }
         r.rounds += 1;
         r.seconds += curve.t(k + 1);
-        if source == Source::Lookup {
+        if source == DraftSource::Lookup {
             r.lookup_rounds += 1;
             r.drafted += k;
             r.accepted += accepted;

@@ -541,7 +541,7 @@ mod tests {
         let _ = ask(&mut c, "q");
         let round = |drafted, accepted, rounds| {
             Reply::Event(Event::Round {
-                source: crate::speculative::adaptive::Source::Model,
+                source: crate::speculative::adaptive::DraftSource::Model,
                 drafted,
                 accepted,
                 t_draft: std::time::Duration::from_millis(30),
