@@ -381,12 +381,13 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
     } else {
         println!();
         eprintln!(
-            "[{}] {} tokens, {:.1} tok/s; drafted {}, accepted {} ({:.0}%), {:.2} tokens/round; \
-             prefill {} tokens in {:.1} s; first token after {:.2} s; documents in view: {} of {} \
+            "[{}] {} tokens, {:.1} tok/s, {:.2}x plain steps' speed; drafted {}, accepted {} \
+             ({:.0}%), {:.2} tokens/round; prefill {} tokens in {:.1} s; first token after {:.2} s; documents in view: {} of {} \
              chunks",
             answer.mode,
             s.generated_tokens,
             s.decode_tok_s,
+            s.speedup,
             s.drafted,
             s.accepted,
             s.acceptance_rate * 100.0,

@@ -208,6 +208,8 @@ fn the_sources_pane_and_a_finished_answer() {
         ttft_s: 21.6,
         decode_s: 0.2,
         decode_tok_s: 40.0,
+        plain_step_s: 0.03275,
+        speedup: 1.31,
         target_ctx_tokens: 4100,
         draft_ctx_tokens: 1100,
         ..Stats::default()

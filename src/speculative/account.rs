@@ -94,6 +94,16 @@ impl Tally {
     pub fn stats(&self, gauges: Gauges) -> Stats {
         let c = &self.counts;
         let decode_s = gauges.decode.as_secs_f64();
+        let plain_step_s = super::median(&mut self.plain_steps.clone()).unwrap_or(0.0);
+        let step = if plain_step_s > 0.0 {
+            plain_step_s
+        } else {
+            gauges
+                .verify_curve
+                .iter()
+                .find(|(g, _)| *g == 1)
+                .map_or(0.0, |&(_, t)| t)
+        };
         Stats {
             generated_tokens: self.generated,
             acceptance_rate: ratio(c.accepted, c.drafted),
@@ -112,7 +122,12 @@ impl Tally {
             draft_s: self.draft_time.as_secs_f64(),
             verify_s: self.verify_time.as_secs_f64(),
             overhead_s: gauges.decode.saturating_sub(gauges.busy).as_secs_f64(),
-            plain_step_s: super::median(&mut self.plain_steps.clone()).unwrap_or(0.0),
+            plain_step_s,
+            speedup: if decode_s > 0.0 {
+                self.generated as f64 * step / decode_s
+            } else {
+                0.0
+            },
             ceiling: gauges.ceiling,
             verify_curve: gauges.verify_curve,
             cancelled: gauges.cancelled,
@@ -174,5 +189,59 @@ mod tests {
         assert_eq!(first, t.stats(Gauges::default()));
         assert!((first.plain_step_s - 0.02).abs() < 1e-12);
         assert_eq!(t.stats(Gauges::default()).decode_tok_s, 0.0);
+    }
+
+    #[test]
+    fn the_speed_up_is_over_plain_steps_of_the_same_answer() {
+        // 10 plain steps of 20 ms: plain decoding, 1.00x whatever the overhead outside.
+        let mut t = Tally::default();
+        for _ in 0..10 {
+            t.timed(Duration::ZERO, Duration::from_millis(20), true);
+            t.drafts(DraftSource::None, 0, 0);
+            t.token(|| 0.0);
+        }
+        let s = t.stats(Gauges {
+            decode: Duration::from_millis(200),
+            ..Gauges::default()
+        });
+        assert!((s.speedup - 1.0).abs() < 1e-9, "{}", s.speedup);
+
+        // Drafts that all failed: 2 plain steps and 4 rounds of one token at 30 ms each cost
+        // time, so the answer reads below 1.
+        let mut t = Tally::default();
+        for _ in 0..2 {
+            t.timed(Duration::ZERO, Duration::from_millis(20), true);
+            t.token(|| 0.0);
+        }
+        for _ in 0..4 {
+            t.timed(Duration::from_millis(5), Duration::from_millis(25), false);
+            t.drafts(DraftSource::Lookup, 3, 0);
+            t.token(|| 0.0);
+        }
+        let s = t.stats(Gauges {
+            decode: Duration::from_millis(160),
+            ..Gauges::default()
+        });
+        assert!(
+            (s.speedup - 6.0 * 0.02 / 0.16).abs() < 1e-9,
+            "{}",
+            s.speedup
+        );
+        assert!(s.speedup < 1.0);
+
+        // No plain step in the answer: the calibrated one-token verification stands in.
+        let mut t = Tally::default();
+        for _ in 0..12 {
+            t.token(|| 0.0);
+        }
+        t.timed(Duration::ZERO, Duration::from_millis(60), false);
+        let s = t.stats(Gauges {
+            decode: Duration::from_millis(60),
+            verify_curve: vec![(1, 0.01), (16, 0.05)],
+            ..Gauges::default()
+        });
+        assert!((s.speedup - 2.0).abs() < 1e-9, "{}", s.speedup);
+        // Nothing measured: no claim.
+        assert_eq!(Tally::default().stats(Gauges::default()).speedup, 0.0);
     }
 }

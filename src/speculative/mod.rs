@@ -124,6 +124,11 @@ pub struct Stats {
     /// The median time of a plain target step (a round without drafts; 0: none): the
     /// steady-state step time, where the mean would include a first step's warm-up.
     pub plain_step_s: f64,
+    /// The answer's speed over plain target steps at the same depth, in the same conversation:
+    /// its tokens times the plain step's time (`plain_step_s`, else the calibrated one-token
+    /// verification) over the decoding time. About 1 when no draft was accepted, below 1 when
+    /// drafts cost time; 0 when no plain step was measured.
+    pub speedup: f64,
     /// The speed-up free, always-accepted drafts could give here: the most of
     /// `g · t(1) / t(g)` over the verification sizes measured (0: none measured).
     pub ceiling: f64,

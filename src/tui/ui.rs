@@ -466,36 +466,17 @@ fn pct(a: usize, b: usize) -> f64 {
     }
 }
 
-/// The last answer's speed over target-only decoding: measured against the session's AR answers
-/// when there are some, else estimated from the measured cost of single target steps (rounds
-/// without drafts), labelled which.
+/// The last answer's speed over plain target steps at the same depth in this conversation (the
+/// engine's own measure, see `Stats::speedup`); none while it is being written, for the drafter
+/// answering alone, or when no plain step was measured.
 fn speedup(app: &App) -> String {
-    let Some(s) = app
-        .conversation
+    app.conversation
         .entries
         .last()
-        .filter(|e| e.mode != Mode::Ar && e.status != AnswerStatus::Streaming)
+        .filter(|e| e.mode != Mode::Rag && e.status != AnswerStatus::Streaming)
         .and_then(|e| e.stats.as_ref())
-    else {
-        return "—".into();
-    };
-    let ar: Vec<f64> = app
-        .conversation
-        .entries
-        .iter()
-        .filter(|e| e.mode == Mode::Ar)
-        .filter_map(|e| e.stats.as_ref())
-        .map(|s| s.decode_tok_s)
-        .filter(|v| *v > 0.0)
-        .collect();
-    if !ar.is_empty() {
-        let base = ar.iter().sum::<f64>() / ar.len() as f64;
-        return format!("{:.2}x measured", s.decode_tok_s / base);
-    }
-    if s.rounds > 0 && s.drafted == 0 && s.decode_s > 0.0 {
-        return "1.00x (no drafts)".into();
-    }
-    "run /mode ar once".into()
+        .filter(|s| s.speedup > 0.0)
+        .map_or_else(|| "—".into(), |s| format!("{:.2}x vs plain", s.speedup))
 }
 
 fn draw_status(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
