@@ -1,22 +1,25 @@
-# The two commands of the README, and their parts.
+# The two commands of the README, and their parts. The build uses CUDA when the CUDA toolkit is
+# here and the CPU otherwise (scripts/build-features.sh says which, and why); CPU=1 forces the CPU.
 DOCS ?= assets/demo
 CARGO ?= cargo
+export CPU
+FEATURES := $(shell bash scripts/build-features.sh)
 
 .PHONY: run test deps build model
 
 ## Open rapid-chat on DOCS (default: the demo corpus), fetching the default model if missing.
 run: deps
-	$(CARGO) run --release -- $(DOCS)
+	$(CARGO) run --release $(FEATURES) -- $(DOCS)
 
 ## Run the whole test suite (real model, real documents).
 test: deps model
-	$(CARGO) test --release
+	$(CARGO) test --release $(FEATURES)
 
 deps:
 	@bash scripts/install-deps.sh
 
 build: deps
-	$(CARGO) build --release
+	$(CARGO) build --release $(FEATURES)
 
 model: build
-	$(CARGO) run --release --quiet -- fetch-model
+	$(CARGO) run --release $(FEATURES) --quiet -- fetch-model
