@@ -372,6 +372,7 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
         let value = serde_json::json!({
             "answer": answer.output.text,
             "mode": answer.mode,
+            "device": engine.device(),
             "tokens": answer.output.tokens,
             "sources": answer.sources,
             "view": answer.view,
@@ -382,8 +383,8 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
         println!();
         eprintln!(
             "[{}] {} tokens, {:.1} tok/s, {:.2}x plain steps' speed; drafted {}, accepted {} \
-             ({:.0}%), {:.2} tokens/round; prefill {} tokens in {:.1} s; first token after {:.2} s; documents in view: {} of {} \
-             chunks",
+             ({:.0}%), {:.2} tokens/round; prefill {} tokens in {:.1} s; first token after {:.2} s; \
+             documents in view: {} of {} chunks; {}",
             answer.mode,
             s.generated_tokens,
             s.decode_tok_s,
@@ -397,6 +398,7 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
             s.ttft_s,
             answer.view.chunks_in_view,
             answer.view.chunks_total,
+            engine.device(),
         );
     }
     Ok(())
@@ -501,7 +503,7 @@ fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
         let e = &ctx.config.engine;
         println!(
             "{} questions x {} modes x {} repeats; target ctx {}, drafter ctx {}, retrieval {}, \
-             gamma {}, lookup {}, adaptive {}, eta {}, temp {}, max tokens {}, {} threads{}\n",
+             gamma {}, lookup {}, adaptive {}, eta {}, temp {}, max tokens {}; {}\n",
             tasks.len(),
             modes.len(),
             args.repeat,
@@ -514,8 +516,7 @@ fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
             e.eta,
             e.temp,
             e.max_tokens,
-            engine.threads(),
-            if engine.gpu { ", GPU" } else { "" },
+            engine.device(),
         );
         let curve = runs
             .iter()

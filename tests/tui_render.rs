@@ -32,9 +32,7 @@ fn loaded_with(app: &mut App, target_ctx: usize, draft_ctx: usize) {
         target: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
         drafter: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
         self_speculation: true,
-        gpu: false,
-        gpu_layers: -1,
-        threads: 2,
+        device: "CPU, 2 threads (this build has no CUDA)".into(),
         target_ctx,
         draft_ctx,
     })));

@@ -186,3 +186,36 @@ pub fn check_same_vocab(
     }
     Ok(())
 }
+
+/// Where llama.cpp runs a model of `n_layer` layers loaded with `gpu_layers` (-1: all), in words
+/// for the user: the GPU with its memory and the layers on it, or the CPU and why (this build
+/// has no CUDA, no GPU was found, or offloading is off).
+pub fn placement(n_layer: u32, gpu_layers: i32, threads: u32) -> String {
+    let cpu = |why: &str| format!("CPU, {threads} threads ({why})");
+    if !backend().is_ok_and(|b| b.supports_gpu_offload()) {
+        return cpu("this build has no CUDA");
+    }
+    let gpus: Vec<_> = llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| {
+            matches!(
+                d.device_type,
+                llama_cpp_2::LlamaBackendDeviceType::Gpu
+                    | llama_cpp_2::LlamaBackendDeviceType::IntegratedGpu
+            )
+        })
+        .collect();
+    let Some(gpu) = gpus.first() else {
+        return cpu("a GPU build, but no GPU was found");
+    };
+    if gpu_layers == 0 {
+        return cpu("gpu_layers = 0");
+    }
+    let on_gpu = u32::try_from(gpu_layers).map_or(n_layer, |g| g.min(n_layer));
+    format!(
+        "{} {} {} GiB, {on_gpu}/{n_layer} layers, KV on GPU",
+        gpu.name,
+        gpu.description,
+        gpu.memory_total >> 30
+    )
+}

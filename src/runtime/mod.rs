@@ -191,9 +191,8 @@ impl Runtime {
         corpus.spawn_ingest(updates_tx)?;
         let (replies_tx, replies) = crossbeam_channel::unbounded();
         let history = History::for_folder(&dirs, &corpus.root);
-        let gpu_layers = config.engine.gpu_layers;
         let worker = Worker::spawn(
-            move || Ok((Engine::load(&config, &dirs)?, gpu_layers)),
+            move || Engine::load(&config, &dirs),
             corpus.index.clone(),
             replies_tx,
         )?;

@@ -29,9 +29,8 @@ pub struct EngineInfo {
     pub target: String,
     pub drafter: String,
     pub self_speculation: bool,
-    pub gpu: bool,
-    pub gpu_layers: i32,
-    pub threads: u32,
+    /// Where the models run ("CPU, 8 threads (this build has no CUDA)", or the GPU and layers).
+    pub device: String,
     pub target_ctx: usize,
     pub draft_ctx: usize,
 }
@@ -62,7 +61,7 @@ impl Worker {
     /// Starts the thread: it builds the engine with `load` (slow: models), then serves requests
     /// against `index` until the handle is dropped.
     pub fn spawn(
-        load: impl FnOnce() -> Result<(Engine, i32)> + Send + 'static,
+        load: impl FnOnce() -> Result<Engine> + Send + 'static,
         index: CorpusIndex,
         replies: Sender<Reply>,
     ) -> Result<Self> {
@@ -88,13 +87,13 @@ impl Worker {
 }
 
 fn serve(
-    load: impl FnOnce() -> Result<(Engine, i32)>,
+    load: impl FnOnce() -> Result<Engine>,
     index: CorpusIndex,
     requests: Receiver<Request>,
     replies: Sender<Reply>,
     cancel: Arc<AtomicBool>,
 ) {
-    let (mut engine, gpu_layers) = match load() {
+    let mut engine = match load() {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "engine failed to start");
@@ -113,9 +112,7 @@ fn serve(
         target: name(&engine.models.target_path),
         drafter: name(&engine.models.drafter_path),
         self_speculation: engine.models.same,
-        gpu: engine.gpu,
-        gpu_layers,
-        threads: engine.threads(),
+        device: engine.device(),
         target_ctx,
         draft_ctx,
     };

@@ -26,6 +26,8 @@ pub struct Engine {
     draft_ctx: u32,
     /// Whether llama.cpp offloads to a GPU.
     pub gpu: bool,
+    /// Layers asked to be offloaded (-1: all).
+    gpu_layers: i32,
     /// Where the target's state after the documents is saved (None: not saved).
     kv: Option<KvCache>,
     /// Identifies the target model in cache keys.
@@ -118,6 +120,7 @@ impl Engine {
             contexts,
             draft_ctx: config.draft_ctx,
             gpu,
+            gpu_layers: config.gpu_layers,
             kv: None,
             model_id,
             last_view: Vec::new(),
@@ -196,6 +199,15 @@ impl Engine {
     /// The tokens in the target's KV cache.
     pub fn target_tokens(&self) -> &[LlamaToken] {
         self.target.tokens()
+    }
+
+    /// Where the target runs, in words for the user ("CPU, 2 threads (this build has no CUDA)").
+    pub fn device(&self) -> String {
+        crate::llm::model::placement(
+            self.models.target.n_layer(),
+            self.gpu_layers,
+            self.contexts.threads,
+        )
     }
 
     /// CPU threads llama.cpp uses.

@@ -302,21 +302,11 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                     stem(&e.drafter)
                 },
             ));
-            lines.push(kv(
-                "device",
-                if e.gpu {
-                    format!(
-                        "CUDA, {} layers",
-                        if e.gpu_layers < 0 {
-                            "all".into()
-                        } else {
-                            e.gpu_layers.to_string()
-                        }
-                    )
-                } else {
-                    format!("CPU, {} threads", e.threads)
-                },
-            ));
+            // Where the models run, whole: the reason for a CPU run matters (wrapped, not cut).
+            lines.push(Line::from(vec![
+                Span::styled(format!("{:<10} ", "device"), label),
+                Span::raw(e.device.clone()),
+            ]));
         }
         (None, Some(_)) => lines.push(Line::styled(
             "model failed to load",
