@@ -3,7 +3,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use rapid_chat::config::{Config, EngineConfig};
-use rapid_chat::runtime::{EngineInfo, Reply};
+use rapid_chat::runtime::{EngineInfo, Reply, Update};
 use rapid_chat::session::{Source, View};
 use rapid_chat::speculative::{Event, GenToken, Stats, TokenKind};
 use rapid_chat::tui::app::{App, AppEvent};
@@ -79,10 +79,10 @@ fn first_start() {
 fn indexing_in_progress() {
     let mut app = app();
     loaded(&mut app);
-    app.handle(AppEvent::IndexProgress {
+    app.handle(AppEvent::Corpus(Update::IndexProgress {
         done: 12,
         total: 40,
-    });
+    }));
     insta::assert_snapshot!(draw(&app, 100, 24).backend());
 }
 

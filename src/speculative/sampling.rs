@@ -151,7 +151,7 @@ pub fn sample(probs: &[f32], u: f64) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -174,7 +174,7 @@ mod tests {
     }
 
     /// Pearson's chi-square statistic of `counts` against `expected` probabilities.
-    fn chi_square(counts: &[u64], expected: &[f32]) -> f64 {
+    pub(crate) fn chi_square(counts: &[u64], expected: &[f32]) -> f64 {
         let n: u64 = counts.iter().sum();
         counts
             .iter()

@@ -168,6 +168,7 @@ mod tests {
 
     use super::*;
     use crate::speculative::sampling::softmax;
+    use crate::speculative::sampling::tests::chi_square;
 
     const GREEDY: Settings = Settings {
         temp: 0.0,
@@ -279,20 +280,6 @@ mod tests {
         let (rows, qs) = transfer_case(0.04);
         let eta = Settings { eta: 1.0, ..GREEDY };
         assert_eq!(kinds(&run(&rows, &[1], &qs, &eta)), [(0, Corrected)]);
-    }
-
-    /// Pearson's chi-square statistic of `counts` against `expected` probabilities.
-    fn chi_square(counts: &[u64], expected: &[f32]) -> f64 {
-        let n: u64 = counts.iter().sum();
-        counts
-            .iter()
-            .zip(expected)
-            .filter(|(_, e)| **e > 0.0)
-            .map(|(&c, &e)| {
-                let exp = n as f64 * f64::from(e);
-                (c as f64 - exp).powi(2) / exp
-            })
-            .sum()
     }
 
     /// 99.9th percentile of chi-square with 7 degrees of freedom.

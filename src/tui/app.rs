@@ -21,9 +21,7 @@ use super::keymap::{
     Action, HELP_CHAR, Key, Keymap, QUIT_CHAR, SOURCE_NEXT_CHAR, SOURCE_PREV_CHAR,
 };
 use crate::config::EngineConfig;
-use crate::runtime::Reply;
-use crate::runtime::Turn;
-use crate::runtime::WatchEvent;
+use crate::runtime::{Reply, Turn, Update, WatchEvent};
 pub use conversation::{AnswerStatus, Conversation, Entry, TurnState};
 use conversation::{ChatEvent, Refusal};
 use editor::{Editor, Recall};
@@ -77,17 +75,8 @@ pub enum AppEvent {
         height: u16,
     },
     Engine(Reply),
-    /// An indexing pass moved on (files done, total).
-    IndexProgress {
-        done: usize,
-        total: usize,
-    },
-    IndexDone {
-        chunks: u64,
-        skipped: usize,
-        indexed: usize,
-    },
-    Watch(WatchEvent),
+    /// Indexing and watching.
+    Corpus(Update),
     /// The runtime's own outcome of an effect (e.g. "saved to x.md"), or a failure.
     Notice(String),
 }
@@ -169,15 +158,15 @@ impl App {
                 }
                 self.chat(ChatEvent::Engine(reply))
             }
-            AppEvent::IndexProgress { done, total } => {
+            AppEvent::Corpus(Update::IndexProgress { done, total }) => {
                 self.index.progress = Some((done, total));
                 vec![]
             }
-            AppEvent::IndexDone {
+            AppEvent::Corpus(Update::IndexDone {
                 chunks,
                 skipped,
                 indexed,
-            } => {
+            }) => {
                 self.index.progress = None;
                 self.index.chunks = chunks;
                 self.index.files_skipped = skipped;
@@ -188,8 +177,8 @@ impl App {
                 });
                 vec![]
             }
-            AppEvent::Watch(w) => self.on_watch(w),
-            AppEvent::Notice(text) => {
+            AppEvent::Corpus(Update::Watch(w)) => self.on_watch(w),
+            AppEvent::Corpus(Update::Notice(text)) | AppEvent::Notice(text) => {
                 self.notice = Some(text);
                 vec![]
             }
@@ -538,7 +527,9 @@ mod tests {
         let mut app = app();
         ask(&mut app, "q");
         engine(&mut app, token("a", TokenKind::Target));
-        app.handle(AppEvent::Watch(WatchEvent::Indexed("notes.md".into())));
+        app.handle(AppEvent::Corpus(Update::Watch(WatchEvent::Indexed(
+            "notes.md".into(),
+        ))));
         assert_eq!(
             app.index.last_change.as_deref(),
             Some("re-indexed notes.md")
@@ -547,7 +538,9 @@ mod tests {
         engine(&mut app, token("b", TokenKind::Target));
         assert!(app.conversation.entries[0].index_changed);
         assert_eq!(app.conversation.entries[0].answer(), "ab");
-        app.handle(AppEvent::Watch(WatchEvent::Updated { chunks: 42 }));
+        app.handle(AppEvent::Corpus(Update::Watch(WatchEvent::Updated {
+            chunks: 42,
+        })));
         assert_eq!(app.index.chunks, 42);
     }
 

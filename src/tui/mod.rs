@@ -47,25 +47,6 @@ pub fn run(opts: runtime::Options) -> Result<()> {
     result
 }
 
-impl From<Update> for AppEvent {
-    fn from(update: Update) -> Self {
-        match update {
-            Update::IndexProgress { done, total } => AppEvent::IndexProgress { done, total },
-            Update::IndexDone {
-                chunks,
-                skipped,
-                indexed,
-            } => AppEvent::IndexDone {
-                chunks,
-                skipped,
-                indexed,
-            },
-            Update::Watch(w) => AppEvent::Watch(w),
-            Update::Notice(n) => AppEvent::Notice(n),
-        }
-    }
-}
-
 type Term = Terminal<CrosstermBackend<std::io::Stdout>>;
 
 fn setup_terminal() -> Result<Term> {
@@ -161,7 +142,7 @@ fn event_loop(
                 }
             },
             recv(updates_rx) -> u => match u {
-                Ok(u) => Some(AppEvent::from(u)),
+                Ok(u) => Some(AppEvent::Corpus(u)),
                 Err(_) => {
                     updates_rx = crossbeam_channel::never();
                     None
@@ -173,7 +154,7 @@ fn event_loop(
         let mut events: Vec<AppEvent> = first.into_iter().collect();
         events.extend(input_rx.try_iter());
         events.extend(engine_rx.try_iter().map(AppEvent::Engine));
-        events.extend(updates_rx.try_iter().map(AppEvent::from));
+        events.extend(updates_rx.try_iter().map(AppEvent::Corpus));
         for event in events {
             for effect in app.handle(event) {
                 match effect {
