@@ -19,8 +19,10 @@ pub struct Tally {
     ended_by_eog: bool,
     draft_time: Duration,
     verify_time: Duration,
-    /// The times of the rounds without drafts.
+    /// The times of the rounds without drafts: llama.cpp's step ...
     plain_steps: Vec<f64>,
+    /// ... and the whole round, the loop's own work included.
+    plain_rounds: Vec<f64>,
 }
 
 /// The state, outside the tally, that the statistics report.
@@ -71,6 +73,13 @@ impl Tally {
         self.counts.rounds += 1;
     }
 
+    /// A round ended, `wall` after it began (everything it did, events included).
+    pub fn round_ended(&mut self, wall: Duration, plain: bool) {
+        if plain {
+            self.plain_rounds.push(wall.as_secs_f64());
+        }
+    }
+
     /// What a round's drafts counted for (see [`super::emit`]).
     pub fn drafts(&mut self, source: DraftSource, drafted: usize, accepted: usize) {
         self.counts.drafted += drafted;
@@ -95,8 +104,11 @@ impl Tally {
         let c = &self.counts;
         let decode_s = gauges.decode.as_secs_f64();
         let plain_step_s = super::median(&mut self.plain_steps.clone()).unwrap_or(0.0);
-        let step = if plain_step_s > 0.0 {
-            plain_step_s
+        // What a token costs without drafts: a whole plain round of this answer, else the
+        // calibrated one-token verification (the loop's own work then not counted).
+        let plain_round_s = super::median(&mut self.plain_rounds.clone()).unwrap_or(0.0);
+        let step = if plain_round_s > 0.0 {
+            plain_round_s
         } else {
             gauges
                 .verify_curve
@@ -192,31 +204,38 @@ mod tests {
     }
 
     #[test]
-    fn the_speed_up_is_over_plain_steps_of_the_same_answer() {
-        // 10 plain steps of 20 ms: plain decoding, 1.00x whatever the overhead outside.
+    fn the_speed_up_is_over_plain_rounds_of_the_same_answer() {
+        // 10 plain rounds of 22 ms (20 in llama.cpp): plain decoding reads 1.00x.
         let mut t = Tally::default();
         for _ in 0..10 {
             t.timed(Duration::ZERO, Duration::from_millis(20), true);
             t.drafts(DraftSource::None, 0, 0);
             t.token(|| 0.0);
+            t.round_ended(Duration::from_millis(22), true);
         }
         let s = t.stats(Gauges {
-            decode: Duration::from_millis(200),
+            decode: Duration::from_millis(220),
             ..Gauges::default()
         });
         assert!((s.speedup - 1.0).abs() < 1e-9, "{}", s.speedup);
+        assert!(
+            (s.plain_step_s - 0.02).abs() < 1e-12,
+            "llama.cpp's step alone"
+        );
 
-        // Drafts that all failed: 2 plain steps and 4 rounds of one token at 30 ms each cost
-        // time, so the answer reads below 1.
+        // Drafts that all failed: 2 plain rounds of 20 ms and 4 rounds of one token at 30 ms
+        // each cost time, so the answer reads below 1.
         let mut t = Tally::default();
         for _ in 0..2 {
             t.timed(Duration::ZERO, Duration::from_millis(20), true);
             t.token(|| 0.0);
+            t.round_ended(Duration::from_millis(20), true);
         }
         for _ in 0..4 {
             t.timed(Duration::from_millis(5), Duration::from_millis(25), false);
             t.drafts(DraftSource::Lookup, 3, 0);
             t.token(|| 0.0);
+            t.round_ended(Duration::from_millis(30), false);
         }
         let s = t.stats(Gauges {
             decode: Duration::from_millis(160),
@@ -229,12 +248,13 @@ mod tests {
         );
         assert!(s.speedup < 1.0);
 
-        // No plain step in the answer: the calibrated one-token verification stands in.
+        // No plain round in the answer: the calibrated one-token verification stands in.
         let mut t = Tally::default();
         for _ in 0..12 {
             t.token(|| 0.0);
         }
         t.timed(Duration::ZERO, Duration::from_millis(60), false);
+        t.round_ended(Duration::from_millis(60), false);
         let s = t.stats(Gauges {
             decode: Duration::from_millis(60),
             verify_curve: vec![(1, 0.01), (16, 0.05)],

@@ -193,6 +193,7 @@ pub fn generate(
         if sink(round) == Flow::Cancel {
             cancelled = true;
         }
+        tally.round_ended(t0.elapsed(), draft.tokens.is_empty());
         if emitted.stop.is_some() {
             break;
         }

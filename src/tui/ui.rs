@@ -302,11 +302,15 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                     stem(&e.drafter)
                 },
             ));
-            // Where the models run, whole: the reason for a CPU run matters (wrapped, not cut).
-            lines.push(Line::from(vec![
-                Span::styled(format!("{:<10} ", "device"), label),
-                Span::raw(e.device.clone()),
-            ]));
+            // Where the models run, whole: the reason for a CPU run matters (wrapped at words
+            // under the value, not cut, and counted as lines so nothing below is pushed out).
+            for (i, row) in word_wrap(&e.device, room).into_iter().enumerate() {
+                let key = if i == 0 { "device" } else { "" };
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{key:<10} "), label),
+                    Span::raw(row),
+                ]));
+            }
         }
         (None, Some(_)) => lines.push(Line::styled(
             "model failed to load",
@@ -427,6 +431,27 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             g,
         );
     }
+}
+
+/// `text` in rows of at most `width` columns, broken at spaces (a word longer than a row is cut
+/// with an ellipsis).
+fn word_wrap(text: &str, width: usize) -> Vec<String> {
+    let mut rows: Vec<String> = Vec::new();
+    let mut row = String::new();
+    for word in text.split_whitespace() {
+        let wide = unicode_width::UnicodeWidthStr::width(row.as_str())
+            + usize::from(!row.is_empty())
+            + unicode_width::UnicodeWidthStr::width(word);
+        if !row.is_empty() && wide > width {
+            rows.push(std::mem::take(&mut row));
+        }
+        if !row.is_empty() {
+            row.push(' ');
+        }
+        row.push_str(word);
+    }
+    rows.push(row);
+    rows.into_iter().map(|r| fit(&r, width)).collect()
 }
 
 /// `text` cut to `width` columns with an ellipsis.
