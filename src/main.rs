@@ -268,8 +268,10 @@ fn run(cli: Cli) -> Result<()> {
 fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files  {wide_msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} files, {eta} left  {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -352,8 +354,15 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
     let json = args.json;
     let mut sink = |event: Event| {
         match event {
-            Event::Prefill { done, total } if tty && !json => {
-                eprint!("\rreading the documents: {done}/{total} tokens");
+            Event::Prefill {
+                done,
+                total,
+                seconds,
+            } if tty && !json => {
+                eprint!(
+                    "\r\x1b[Kreading the documents: {}",
+                    runtime::gauge(done, total, "tokens", seconds)
+                );
                 if done == total {
                     eprint!("\r\x1b[K");
                 }

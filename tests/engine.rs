@@ -355,7 +355,7 @@ fn events_stream_every_token_and_cancel_stops_the_answer() {
                     assert!(accepted <= drafted);
                     rounds += 1;
                 }
-                Event::Prefill { done, total } => {
+                Event::Prefill { done, total, .. } => {
                     assert!(done <= total);
                     prefill_events += 1;
                 }

@@ -82,6 +82,7 @@ fn indexing_in_progress() {
     app.handle(AppEvent::Corpus(Update::IndexProgress {
         done: 12,
         total: 40,
+        seconds: 3.0,
     }));
     insta::assert_snapshot!(draw(&app, 100, 24).backend());
 }
@@ -109,6 +110,7 @@ fn streaming_app() -> App {
     app.handle(AppEvent::Engine(Reply::Event(Event::Prefill {
         done: 4000,
         total: 4000,
+        seconds: 33.3,
     })));
     for (text, kind) in [
         ("It", TokenKind::Target),
@@ -421,5 +423,22 @@ fn key_hints_name_the_keys_the_config_bound() {
     assert!(
         s.contains("sources given to the drafter (F6, j/k, Ctrl-S)"),
         "{s}"
+    );
+}
+
+#[test]
+fn reading_the_documents_shows_the_rate_and_the_time_left() {
+    let mut app = app();
+    loaded(&mut app);
+    type_and_send(&mut app, "What is the date of version 3 of the GPL?");
+    app.handle(AppEvent::Engine(Reply::Event(Event::Prefill {
+        done: 2400,
+        total: 6840,
+        seconds: 20.0,
+    })));
+    let screen = format!("{:?}", draw(&app, 100, 24).backend());
+    assert!(
+        screen.contains("reading the documents: 2400/6840 tokens, 120/s, 37 s left"),
+        "{screen}"
     );
 }

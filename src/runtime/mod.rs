@@ -88,10 +88,12 @@ impl Corpus {
         std::thread::Builder::new()
             .name("ingest".into())
             .spawn(move || {
+                let started = std::time::Instant::now();
                 let report = indexer.update(&mut |p| {
                     let _ = tx.send(Update::IndexProgress {
                         done: p.done,
                         total: p.total,
+                        seconds: started.elapsed().as_secs_f64(),
                     });
                 });
                 match report {
@@ -133,10 +135,11 @@ impl Corpus {
 /// What the background threads other than the engine tell a front end.
 #[derive(Debug, Clone)]
 pub enum Update {
-    /// An indexing pass moved on (files done, total).
+    /// An indexing pass moved on: files done, of `total`, `seconds` after it began.
     IndexProgress {
         done: usize,
         total: usize,
+        seconds: f64,
     },
     IndexDone {
         chunks: u64,
@@ -269,4 +272,43 @@ pub fn current_index(
         )),
     }
     Ok(corpus.index)
+}
+
+/// Long work in words for the user: "6144/6840 tokens, 120/s, 6 s left" (the rate and the time
+/// left once there is a rate to go by).
+pub fn gauge(done: usize, total: usize, unit: &str, seconds: f64) -> String {
+    let mut out = format!("{done}/{total} {unit}");
+    if done == 0 || done >= total || seconds <= 0.0 {
+        return out;
+    }
+    let rate = done as f64 / seconds;
+    let left = ((total - done) as f64 / rate).ceil() as u64;
+    let left = match left {
+        0 => "<1 s".to_string(),
+        s if s < 60 => format!("{s} s"),
+        s => format!("{} min {} s", s / 60, s % 60),
+    };
+    out.push_str(&format!(", {rate:.0}/s, {left} left"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gauge;
+
+    #[test]
+    fn a_gauge_gives_the_rate_and_the_time_left_once_it_can() {
+        assert_eq!(gauge(0, 6840, "tokens", 0.0), "0/6840 tokens");
+        assert_eq!(gauge(600, 6840, "tokens", 0.0), "600/6840 tokens");
+        assert_eq!(
+            gauge(6144, 6840, "tokens", 51.2),
+            "6144/6840 tokens, 120/s, 6 s left"
+        );
+        assert_eq!(
+            gauge(1200, 36000, "tokens", 10.0),
+            "1200/36000 tokens, 120/s, 4 min 50 s left"
+        );
+        assert_eq!(gauge(12, 40, "files", 3.0), "12/40 files, 4/s, 7 s left");
+        assert_eq!(gauge(6840, 6840, "tokens", 57.0), "6840/6840 tokens");
+    }
 }

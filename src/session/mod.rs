@@ -162,6 +162,7 @@ impl Engine {
                     sink(Event::Prefill {
                         done: docs.len(),
                         total: docs.len(),
+                        seconds: 0.0,
                     });
                     return Ok((0, docs.len()));
                 }
@@ -169,8 +170,15 @@ impl Engine {
                 Err(e) => tracing::warn!("the KV cache entry did not load ({e:#}): decoding"),
             }
         }
-        let mut progress =
-            |done: usize, total: usize| sink(Event::Prefill { done, total }) == Flow::Continue;
+        let started = std::time::Instant::now();
+        let mut progress = |done: usize, total: usize| {
+            let seconds = started.elapsed().as_secs_f64();
+            sink(Event::Prefill {
+                done,
+                total,
+                seconds,
+            }) == Flow::Continue
+        };
         let decoded = self.target.prefill(docs, &mut progress)?;
         if self.target.tokens() == docs {
             let size = self.target.state_size() as u64;
@@ -322,9 +330,15 @@ impl Engine {
         if settings.mode == Mode::Sd && self.models.same {
             // Self-speculation over the same prompt: prefill once, copy the cache.
             let p = &prompts.target;
-            let mut progress =
-                |done: usize, total: usize| sink(Event::Prefill { done, total }) == Flow::Continue;
             let started = std::time::Instant::now();
+            let mut progress = |done: usize, total: usize| {
+                let seconds = started.elapsed().as_secs_f64();
+                sink(Event::Prefill {
+                    done,
+                    total,
+                    seconds,
+                }) == Flow::Continue
+            };
             shared.prefill += self.target.prefill(&p[..p.len() - 1], &mut progress)?;
             if common_prefix(self.drafter.tokens(), p) + 1 < p.len() {
                 self.drafter.copy_from(&self.target)?;

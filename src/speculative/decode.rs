@@ -231,10 +231,12 @@ fn prefill(
     let total = todo(target, prompt) + drafter.as_ref().map_or(0, |d| todo(d.ctx, d.prompt));
     let done_before = std::cell::Cell::new(0);
     let stopped = std::cell::Cell::new(false);
+    let started = Instant::now();
     let mut progress = |done: usize, _: usize| {
         let flow = sink(Event::Prefill {
             done: done_before.get() + done,
             total,
+            seconds: started.elapsed().as_secs_f64(),
         });
         stopped.set(stopped.get() || flow == Flow::Cancel);
         !stopped.get()

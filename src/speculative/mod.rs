@@ -46,9 +46,11 @@ pub struct GenToken {
 /// What the decode loop reports while it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// Tokens of the prompt read so far, of `total`, `seconds` after this reading began.
     Prefill {
         done: usize,
         total: usize,
+        seconds: f64,
     },
     Token(GenToken),
     Round {

@@ -29,8 +29,8 @@ use editor::{Editor, Recall};
 /// The corpus as the UI knows it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IndexStatus {
-    /// Files done / total while a pass runs.
-    pub progress: Option<(usize, usize)>,
+    /// Files done, total, and seconds since the pass began, while it runs.
+    pub progress: Option<(usize, usize, f64)>,
     pub chunks: u64,
     pub files_skipped: usize,
     /// The last thing that happened ("re-indexed notes.md").
@@ -158,8 +158,12 @@ impl App {
                 }
                 self.chat(ChatEvent::Engine(reply))
             }
-            AppEvent::Corpus(Update::IndexProgress { done, total }) => {
-                self.index.progress = Some((done, total));
+            AppEvent::Corpus(Update::IndexProgress {
+                done,
+                total,
+                seconds,
+            }) => {
+                self.index.progress = Some((done, total, seconds));
                 vec![]
             }
             AppEvent::Corpus(Update::IndexDone {

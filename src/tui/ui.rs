@@ -159,9 +159,14 @@ fn entry_note(e: &Entry, turn: Option<&TurnState>) -> Option<(String, Style)> {
         AnswerStatus::Streaming => Some((
             match turn {
                 Some(TurnState::Retrieving) => "retrieving…".into(),
-                Some(TurnState::Prefilling { done, total }) => {
-                    format!("reading the documents: {done}/{total} tokens…")
-                }
+                Some(TurnState::Prefilling {
+                    done,
+                    total,
+                    seconds,
+                }) => format!(
+                    "reading the documents: {}…",
+                    crate::runtime::gauge(*done, *total, "tokens", *seconds)
+                ),
                 Some(TurnState::Cancelling) => "cancelling…".into(),
                 _ => "▍".into(),
             },
@@ -495,7 +500,7 @@ fn speedup(app: &App) -> String {
 }
 
 fn draw_status(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    if let Some((done, total)) = app.index.progress {
+    if let Some((done, total, seconds)) = app.index.progress {
         let ratio = if total == 0 {
             0.0
         } else {
@@ -504,7 +509,10 @@ fn draw_status(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         let gauge = Gauge::default()
             .gauge_style(Style::default().fg(theme.accent))
             .ratio(ratio.clamp(0.0, 1.0))
-            .label(format!("indexing {done}/{total} files"));
+            .label(format!(
+                "indexing {}",
+                crate::runtime::gauge(done, total, "files", seconds)
+            ));
         f.render_widget(gauge, area);
         return;
     }

@@ -19,6 +19,7 @@ pub enum TurnState {
     Prefilling {
         done: usize,
         total: usize,
+        seconds: f64,
     },
     Generating,
     /// Cancel asked; waiting for the engine to stop.
@@ -282,7 +283,20 @@ impl Conversation {
         match (state, event) {
             // Late progress must not undo a cancel.
             (S::Cancelling, Event::Prefill { .. }) => {}
-            (_, Event::Prefill { done, total }) => self.turn = S::Prefilling { done, total },
+            (
+                _,
+                Event::Prefill {
+                    done,
+                    total,
+                    seconds,
+                },
+            ) => {
+                self.turn = S::Prefilling {
+                    done,
+                    total,
+                    seconds,
+                }
+            }
             (state, Event::Token(t)) => {
                 if state != S::Cancelling {
                     self.turn = S::Generating;
@@ -392,7 +406,8 @@ mod tests {
             c.turn,
             TurnState::Prefilling {
                 done: 10,
-                total: 100
+                total: 100,
+                seconds: 0.0
             }
         );
         reply(&mut c, token("80", TokenKind::Accepted));

@@ -37,7 +37,11 @@ pub fn token(text: &str, kind: TokenKind) -> Reply {
 }
 
 pub fn prefill(done: usize, total: usize) -> Reply {
-    Reply::Event(Event::Prefill { done, total })
+    Reply::Event(Event::Prefill {
+        done,
+        total,
+        seconds: 0.0,
+    })
 }
 
 pub fn finished(tokens: Vec<GenToken>, cancelled: bool) -> Reply {
