@@ -118,6 +118,51 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// The element type of the KV cache (keys and values): f16 is llama.cpp's default; q8_0 takes
+/// about half the memory and q4_0 about a quarter, so a long context fits a smaller card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvType {
+    #[serde(rename = "f16")]
+    F16,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 3] = [KvType::F16, KvType::Q8_0, KvType::Q4_0];
+
+    /// Bytes per cached element (q8_0 and q4_0 store blocks of 32 with a 2-byte scale).
+    pub fn bytes_per_element(self) -> f64 {
+        match self {
+            Self::F16 => 2.0,
+            Self::Q8_0 => 34.0 / 32.0,
+            Self::Q4_0 => 18.0 / 32.0,
+        }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.to_string() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown KV cache type {s:?}: use f16, q8_0 or q4_0"))
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+        })
+    }
+}
+
 /// Declares the engine's settings once: the `[engine]` section of `config.toml`
 /// ([`EngineConfig`], with its defaults), the command-line flags over it ([`EngineFlags`], the
 /// same names and help), and setting one by name from text ([`EngineConfig::set`], for the chat's
@@ -239,6 +284,9 @@ engine_settings! {
     kv_cache: bool = true,
     /// Size cap of the corpus KV cache in MiB; least recently used states go first.
     kv_cache_max_mib: u64 = 4096,
+    /// The KV cache's element type: f16, q8_0 (half the memory) or q4_0 (a quarter). The
+    /// quantized types turn flash attention on, which llama.cpp needs for them.
+    kv_type: KvType = KvType::F16,
     /// Layers offloaded to the GPU when llama.cpp has one (-1 = all).
     #[arg(allow_hyphen_values = true)]
     gpu_layers: i32 = -1,

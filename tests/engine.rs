@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::{Mutex, OnceLock};
 
-use rapid_chat::config::{Config, EngineConfig};
+use rapid_chat::config::{Config, EngineConfig, KvType};
 use rapid_chat::corpus::CorpusIndex;
 use rapid_chat::llm::{Context, ContextSettings, Models, fetch};
 use rapid_chat::session::Engine;
@@ -515,6 +515,7 @@ fn rollback_on_a_sliding_window_model_matches_a_fresh_context() {
         n_ctx: 2048,
         threads: 2,
         flash_attention: false,
+        kv_type: rapid_chat::config::KvType::F16,
         gpu: false,
     };
 
@@ -660,4 +661,65 @@ fn ask_json_has_the_documented_shape_and_bad_models_fail_cleanly() {
     // An unknown mode cannot be built: it is refused where text becomes a setting.
     assert!(Config::parse("[engine]\nmode = \"warp\"\n").is_err());
     assert!(Config::default().engine.set("mode", "warp").is_err());
+}
+
+/// A quantized KV cache perturbs the logits more than batch shapes do: at the first difference
+/// from f16 the target's top-1/top-2 gap must still be small.
+const Q8_NEAR_TIE: f32 = 1.0;
+
+#[test]
+fn a_q8_0_kv_cache_answers_as_f16_up_to_near_ties() {
+    let models = Models::load(&common::model_path(), None, 0).expect("load the model");
+    let config = |kv_type| EngineConfig {
+        ctx: 2048,
+        draft_ctx: 512,
+        retrieval_budget: 256,
+        max_tokens: 32,
+        kv_type,
+        ..settings(Mode::Ar, 1)
+    };
+    let (q8, f16) = (config(KvType::Q8_0), config(KvType::F16));
+    let mut engines = [
+        Engine::new(models.clone(), &f16).expect("f16 contexts"),
+        Engine::new(models, &q8).expect("q8_0 contexts"),
+    ];
+    let mut differences = Vec::new();
+    let questions = questions();
+    for q in &questions {
+        let [a, b] = [(0, &f16), (1, &q8)].map(|(i, c)| {
+            engines[i]
+                .answer(demo_index(), q, &[], c, &mut |_| Flow::Continue)
+                .unwrap()
+                .output
+        });
+        assert!(a.tokens.len() >= 4, "{q}: a real answer: {:?}", a.text);
+        if let Some(i) = first_difference(&a.tokens, &b.tokens) {
+            let at = |o: &rapid_chat::speculative::decode::Output| {
+                o.tokens.get(i).map(|t| t.margin).or(o.end_margin)
+            };
+            let margin = at(&a)
+                .into_iter()
+                .chain(at(&b))
+                .fold(f32::INFINITY, f32::min);
+            assert!(
+                margin < Q8_NEAR_TIE,
+                "q8_0 differs from f16 at token {i} with a clear margin {margin:.3}: {q}\nf16:  {:?}\nq8_0: {:?}",
+                a.text,
+                b.text
+            );
+            differences.push(format!(
+                "token {i}/{} (margin {margin:.3}): {q}",
+                a.tokens.len()
+            ));
+        }
+    }
+    eprintln!(
+        "q8_0 against f16: {} questions, identical: {}, near-tie differences: {}",
+        questions.len(),
+        questions.len() - differences.len(),
+        differences.len()
+    );
+    for d in &differences {
+        eprintln!("  {d}");
+    }
 }

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use super::backend;
+use crate::config::KvType;
 
 /// Settings of a context.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +26,9 @@ pub struct ContextSettings {
     pub flash_attention: bool,
     /// Whether the cache lives in GPU memory (else its size is checked against free RAM).
     pub gpu: bool,
+    /// The cache's element type (a quantized one needs flash attention: [`Context::new`] turns
+    /// it on).
+    pub kv_type: KvType,
 }
 
 /// A context with the tokens its KV cache holds (positions `0..tokens.len()`).
@@ -48,7 +52,10 @@ impl Context {
         check_memory(model, spec)?;
         let n_batch = 512u32.min(spec.n_ctx);
         let threads = i32::try_from(spec.threads).unwrap_or(i32::MAX).max(1);
-        let flash = if spec.flash_attention {
+        let flash = if spec.kv_type != KvType::F16 {
+            // llama.cpp refuses a quantized V cache without flash attention.
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED
+        } else if spec.flash_attention {
             llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO
         } else {
             llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -60,6 +67,8 @@ impl Context {
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
             .with_flash_attention_policy(flash)
+            .with_type_k(cache_type(spec.kv_type))
+            .with_type_v(cache_type(spec.kv_type))
             .with_swa_full(true);
         let ctx = model.new_context(backend()?, params).with_context(|| {
             format!(
@@ -304,8 +313,9 @@ fn check_memory(model: &LlamaModel, spec: ContextSettings) -> Result<()> {
         return Ok(());
     }
     let head_dim = u64::try_from(model.n_embd()).unwrap_or(0) / u64::from(model.n_head().max(1));
-    // K and V, f16, per layer and key-value head.
-    let per_token = 2 * 2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim;
+    // K and V, per layer and key-value head.
+    let elements = 2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim;
+    let per_token = (elements as f64 * spec.kv_type.bytes_per_element()) as u64;
     let need = per_token.saturating_mul(u64::from(spec.n_ctx));
     let Some(available) = available_memory() else {
         return Ok(());
@@ -320,6 +330,14 @@ fn check_memory(model: &LlamaModel, spec: ContextSettings) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn cache_type(t: KvType) -> KvCacheType {
+    match t {
+        KvType::F16 => KvCacheType::F16,
+        KvType::Q8_0 => KvCacheType::Q8_0,
+        KvType::Q4_0 => KvCacheType::Q4_0,
+    }
 }
 
 /// MemAvailable from /proc/meminfo, in bytes (None where there is no such file).

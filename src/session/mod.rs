@@ -102,6 +102,7 @@ impl Engine {
             n_ctx: config.ctx,
             threads,
             flash_attention: gpu,
+            kv_type: config.kv_type,
             gpu,
         };
         let target = Context::new(models.target, contexts)?;
@@ -150,9 +151,10 @@ impl Engine {
             return Ok((0, 0));
         }
         let settings = format!(
-            "n_ctx={} flash={} swa_full=1",
+            "n_ctx={} flash={} swa_full=1 kv_type={}",
             self.target.n_ctx(),
-            self.contexts.flash_attention
+            self.contexts.flash_attention,
+            self.contexts.kv_type
         );
         let key = kvcache::key(&self.model_id, &settings, docs);
         if let Some(path) = cache.find(&key) {
