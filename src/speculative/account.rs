@@ -104,9 +104,14 @@ impl Tally {
         let c = &self.counts;
         let decode_s = gauges.decode.as_secs_f64();
         let plain_step_s = super::median(&mut self.plain_steps.clone()).unwrap_or(0.0);
-        // What a token costs without drafts: a whole plain round of this answer, else the
-        // calibrated one-token verification (the loop's own work then not counted).
-        let plain_round_s = super::median(&mut self.plain_rounds.clone()).unwrap_or(0.0);
+        // What a token costs without drafts: a whole plain round of this answer on average (the
+        // first one's warm-up included, as plain decoding would pay it), else the calibrated
+        // one-token verification (the loop's own work then not counted).
+        let plain_round_s = if self.plain_rounds.is_empty() {
+            0.0
+        } else {
+            self.plain_rounds.iter().sum::<f64>() / self.plain_rounds.len() as f64
+        };
         let step = if plain_round_s > 0.0 {
             plain_round_s
         } else {
@@ -135,8 +140,10 @@ impl Tally {
             verify_s: self.verify_time.as_secs_f64(),
             overhead_s: gauges.decode.saturating_sub(gauges.busy).as_secs_f64(),
             plain_step_s,
+            // The tokens the rounds produced, the hidden end-of-generation one included (its
+            // round costs a step as in plain decoding).
             speedup: if decode_s > 0.0 {
-                self.generated as f64 * step / decode_s
+                (self.generated + usize::from(self.ended_by_eog)) as f64 * step / decode_s
             } else {
                 0.0
             },
@@ -205,16 +212,17 @@ mod tests {
 
     #[test]
     fn the_speed_up_is_over_plain_rounds_of_the_same_answer() {
-        // 10 plain rounds of 22 ms (20 in llama.cpp): plain decoding reads 1.00x.
+        // 10 plain rounds of 22 ms (20 in llama.cpp), the first of 49 (warm-up): plain decoding
+        // reads 1.00x.
         let mut t = Tally::default();
-        for _ in 0..10 {
+        for i in 0..10 {
             t.timed(Duration::ZERO, Duration::from_millis(20), true);
             t.drafts(DraftSource::None, 0, 0);
             t.token(|| 0.0);
-            t.round_ended(Duration::from_millis(22), true);
+            t.round_ended(Duration::from_millis(if i == 0 { 49 } else { 22 }), true);
         }
         let s = t.stats(Gauges {
-            decode: Duration::from_millis(220),
+            decode: Duration::from_millis(247),
             ..Gauges::default()
         });
         assert!((s.speedup - 1.0).abs() < 1e-9, "{}", s.speedup);
@@ -261,6 +269,21 @@ mod tests {
             ..Gauges::default()
         });
         assert!((s.speedup - 2.0).abs() < 1e-9, "{}", s.speedup);
+        // A plain answer whose last round chose end-of-generation (a round, no token shown).
+        let mut t = Tally::default();
+        for i in 0..3 {
+            t.timed(Duration::ZERO, Duration::from_millis(20), true);
+            if i < 2 {
+                t.token(|| 0.0);
+            }
+            t.round_ended(Duration::from_millis(20), true);
+        }
+        t.ended_by_eog();
+        let s = t.stats(Gauges {
+            decode: Duration::from_millis(60),
+            ..Gauges::default()
+        });
+        assert!((s.speedup - 1.0).abs() < 1e-9, "{}", s.speedup);
         // Nothing measured: no claim.
         assert_eq!(Tally::default().stats(Gauges::default()).speedup, 0.0);
     }

@@ -127,8 +127,8 @@ pub struct Stats {
     /// steady-state step time, where the mean would include a first step's warm-up.
     pub plain_step_s: f64,
     /// The answer's speed over plain target steps at the same depth, in the same conversation:
-    /// its tokens times a plain round's time (the median round without drafts, the loop's own
-    /// work included; else the calibrated one-token verification) over the decoding time. About 1 when no draft was accepted, below 1 when
+    /// its tokens times a plain round's time (the mean round without drafts, the loop's own work
+    /// included; else the calibrated one-token verification) over the decoding time. About 1 when no draft was accepted, below 1 when
     /// drafts cost time; 0 when no plain step was measured.
     pub speedup: f64,
     /// The speed-up free, always-accepted drafts could give here: the most of
