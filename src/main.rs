@@ -183,11 +183,7 @@ impl Ctx {
             &self.config,
             &self.dirs,
             folder,
-            &mut |p| {
-                bar.set_length(p.total as u64);
-                bar.set_position(p.done as u64);
-                bar.set_message(p.path.clone());
-            },
+            &mut |p| show(&bar, p),
             &mut |note| {
                 if !quiet || note.starts_with("note:") {
                     eprintln!("{note}");
@@ -279,6 +275,13 @@ fn progress_bar() -> indicatif::ProgressBar {
     bar
 }
 
+/// An indexing pass's progress on `bar`.
+fn show(bar: &indicatif::ProgressBar, p: &rapid_chat::corpus::Progress) {
+    bar.set_length(p.total as u64);
+    bar.set_position(p.done as u64);
+    bar.set_message(p.path.clone());
+}
+
 /// Untrusted text (file names, documents, model output) on one line, safe for a terminal.
 fn line(text: &str) -> std::borrow::Cow<'_, str> {
     rapid_chat::safe_text::neutralize_line(text)
@@ -301,11 +304,7 @@ fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()
     let mut corpus = ctx.corpus(folder)?;
     let started = Instant::now();
     let bar = progress_bar();
-    let report = corpus.update(&mut |p| {
-        bar.set_length(p.total as u64);
-        bar.set_position(p.done as u64);
-        bar.set_message(p.path.clone());
-    });
+    let report = corpus.update(&mut |p| show(&bar, p));
     bar.finish_and_clear();
     let report = report?.with_context(|| {
         format!(
@@ -391,13 +390,18 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
     } else {
         println!();
         eprintln!(
-            "[{}] {} tokens, {:.1} tok/s, {:.2}x plain steps' speed; drafted {}, accepted {} \
+            "[{}] {} tokens, {:.1} tok/s, {} plain steps' speed; drafted {}, accepted {} \
              ({:.0}%), {:.2} tokens/round; prefill {} tokens in {:.1} s; first token after {:.2} s; \
              documents in view: {} of {} chunks; {}",
             answer.mode,
             s.generated_tokens,
             s.decode_tok_s,
-            s.speedup,
+            // 0: no plain step was measured (e.g. sd, which always drafts).
+            if s.speedup > 0.0 {
+                format!("{:.2}x", s.speedup)
+            } else {
+                "unmeasured".into()
+            },
             s.drafted,
             s.accepted,
             s.acceptance_rate * 100.0,

@@ -56,6 +56,19 @@ impl Shared {
     }
 }
 
+/// A prefill's progress as `Prefill` events to `sink`, timed from now; false once it cancels.
+fn timed_progress(sink: &mut dyn FnMut(Event) -> Flow) -> impl FnMut(usize, usize) -> bool + '_ {
+    let started = std::time::Instant::now();
+    move |done, total| {
+        let seconds = started.elapsed().as_secs_f64();
+        sink(Event::Prefill {
+            done,
+            total,
+            seconds,
+        }) == Flow::Continue
+    }
+}
+
 /// The corpus KV cache the configuration asks for, in `dir`.
 pub fn kv_cache(config: &EngineConfig, dir: std::path::PathBuf) -> Option<KvCache> {
     config
@@ -172,16 +185,7 @@ impl Engine {
                 Err(e) => tracing::warn!("the KV cache entry did not load ({e:#}): decoding"),
             }
         }
-        let started = std::time::Instant::now();
-        let mut progress = |done: usize, total: usize| {
-            let seconds = started.elapsed().as_secs_f64();
-            sink(Event::Prefill {
-                done,
-                total,
-                seconds,
-            }) == Flow::Continue
-        };
-        let decoded = self.target.prefill(docs, &mut progress)?;
+        let decoded = self.target.prefill(docs, &mut timed_progress(sink))?;
         if self.target.tokens() == docs {
             let size = self.target.state_size() as u64;
             if size > cache.max_bytes() {
@@ -333,15 +337,9 @@ impl Engine {
             // Self-speculation over the same prompt: prefill once, copy the cache.
             let p = &prompts.target;
             let started = std::time::Instant::now();
-            let mut progress = |done: usize, total: usize| {
-                let seconds = started.elapsed().as_secs_f64();
-                sink(Event::Prefill {
-                    done,
-                    total,
-                    seconds,
-                }) == Flow::Continue
-            };
-            shared.prefill += self.target.prefill(&p[..p.len() - 1], &mut progress)?;
+            shared.prefill += self
+                .target
+                .prefill(&p[..p.len() - 1], &mut timed_progress(sink))?;
             if common_prefix(self.drafter.tokens(), p) + 1 < p.len() {
                 self.drafter.copy_from(&self.target)?;
             }
