@@ -69,8 +69,8 @@ fn record(folder: &Path, questions: &Path, out: &Path, args: &[String]) -> Resul
     rapid_chat::logging::init(&dirs.log_file())?;
     let mut config = Config::load(None, &dirs.config)?;
     let e = &mut config.engine;
-    e.ctx = flag(args, "--ctx", 4608)?;
-    e.draft_ctx = flag(args, "--draft-ctx", 1536)?;
+    e.ctx = flag(args, "--ctx", 4608u32.into())?;
+    e.draft_ctx = flag(args, "--draft-ctx", 1536u32.into())?;
     e.retrieval_budget = flag(args, "--retrieval-budget", 1024)?;
     e.max_tokens = flag(args, "--max-tokens", 256)?;
     e.temp = 0.0;

@@ -163,6 +163,78 @@ impl std::fmt::Display for KvType {
     }
 }
 
+/// A context's size: a number of tokens, or `auto` (the largest that the model's trained length,
+/// the memory where its cache lives and what the corpus needs allow; see `session::sizing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CtxSize {
+    #[default]
+    Auto,
+    Tokens(u32),
+}
+
+impl CtxSize {
+    /// Whether it is auto or a size of at least `n` tokens.
+    pub fn at_least(self, n: u32) -> bool {
+        match self {
+            Self::Auto => true,
+            Self::Tokens(t) => t >= n,
+        }
+    }
+}
+
+impl From<u32> for CtxSize {
+    fn from(n: u32) -> Self {
+        Self::Tokens(n)
+    }
+}
+
+impl std::str::FromStr for CtxSize {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        s.parse()
+            .map(Self::Tokens)
+            .map_err(|_| anyhow::anyhow!("{s:?} is neither a number of tokens nor \"auto\""))
+    }
+}
+
+impl std::fmt::Display for CtxSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Tokens(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for CtxSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Tokens(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CtxSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Tokens(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a number of tokens or \"auto\""))?
+        {
+            Raw::Tokens(n) => Ok(Self::Tokens(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Declares the engine's settings once: the `[engine]` section of `config.toml`
 /// ([`EngineConfig`], with its defaults), the command-line flags over it ([`EngineFlags`], the
 /// same names and help), and setting one by name from text ([`EngineConfig::set`], for the chat's
@@ -241,10 +313,12 @@ engine_settings! {
     /// rapid (retrieval-augmented drafter, default), ar (target only), sd (drafter with the full
     /// context), rag (the retrieval-augmented drafter answering alone).
     mode: Mode = Mode::Rapid,
-    /// Target context size in tokens.
-    ctx: u32 = 8192,
-    /// Drafter context size in tokens.
-    draft_ctx: u32 = 6144,
+    /// Target context size in tokens, or auto: the largest the model's trained length and the
+    /// free memory allow, no larger than the corpus needs.
+    ctx: CtxSize = CtxSize::Auto,
+    /// Drafter context size in tokens, or auto: room for the retrieved chunks and the
+    /// conversation.
+    draft_ctx: CtxSize = CtxSize::Auto,
     /// Tokens of retrieved chunks the drafter sees.
     retrieval_budget: usize = 4096,
     /// Largest number of tokens the drafter model drafts per round.
@@ -299,8 +373,11 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<()> {
         let e = self;
         let checks: [(bool, &str); 11] = [
-            (e.ctx >= 256, "ctx must be at least 256"),
-            (e.draft_ctx >= 256, "draft_ctx must be at least 256"),
+            (e.ctx.at_least(256), "ctx must be auto or at least 256"),
+            (
+                e.draft_ctx.at_least(256),
+                "draft_ctx must be auto or at least 256",
+            ),
             (e.gamma >= 1 && e.gamma <= 64, "gamma must be from 1 to 64"),
             (
                 e.lookup_max >= 1 && e.lookup_max <= 64,

@@ -381,6 +381,7 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
             "answer": answer.output.text,
             "mode": answer.mode,
             "device": engine.device(),
+            "contexts": engine.sizes(),
             "tokens": answer.output.tokens,
             "sources": answer.sources,
             "view": answer.view,
@@ -392,7 +393,7 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
         eprintln!(
             "[{}] {} tokens, {:.1} tok/s, {} plain steps' speed; drafted {}, accepted {} \
              ({:.0}%), {:.2} tokens/round; prefill {} tokens in {:.1} s; first token after {:.2} s; \
-             documents in view: {} of {} chunks; {}",
+             documents in view: {} of {} chunks; {}; contexts: {}",
             answer.mode,
             s.generated_tokens,
             s.decode_tok_s,
@@ -412,6 +413,7 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
             answer.view.chunks_in_view,
             answer.view.chunks_total,
             engine.device(),
+            engine.sizes().describe(),
         );
     }
     Ok(())
@@ -515,13 +517,12 @@ fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
     } else {
         let e = &ctx.config.engine;
         println!(
-            "{} questions x {} modes x {} repeats; target ctx {}, drafter ctx {}, retrieval {}, \
-             gamma {}, lookup {}, adaptive {}, eta {}, temp {}, max tokens {}; {}\n",
+            "{} questions x {} modes x {} repeats; contexts (the last question's): {}; retrieval \
+             {}, gamma {}, lookup {}, adaptive {}, eta {}, temp {}, max tokens {}; {}\n",
             tasks.len(),
             modes.len(),
             args.repeat,
-            e.ctx,
-            e.draft_ctx,
+            engine.sizes().describe(),
             e.retrieval_budget,
             e.gamma,
             e.lookup,

@@ -1,7 +1,7 @@
 //! Config files: the example documents every key with its default; valid files load; invalid
 //! ones name the key and the problem.
 
-use rapid_chat::config::Config;
+use rapid_chat::config::{Config, CtxSize};
 
 fn dir(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,6 +39,24 @@ fn valid_configs_load() {
     let c = Config::load(Some(&dir("valid/models.toml")), &dir("none")).unwrap();
     assert_eq!(c.corpus.chunk_tokens, 256);
     assert!(c.text_extensions().contains(&"rst".to_string()));
+    let c = Config::load(Some(&dir("valid/sizes.toml")), &dir("none")).unwrap();
+    assert_eq!(c.engine.ctx, CtxSize::Tokens(4096));
+    assert_eq!(c.engine.draft_ctx, CtxSize::Auto);
+}
+
+#[test]
+fn a_context_size_is_a_number_or_auto_everywhere() {
+    let mut e = rapid_chat::config::EngineConfig::default();
+    assert_eq!((e.ctx, e.draft_ctx), (CtxSize::Auto, CtxSize::Auto));
+    e.set("ctx", "4096").unwrap();
+    assert_eq!(e.ctx, CtxSize::Tokens(4096));
+    e.set("ctx", "AUTO").unwrap();
+    assert_eq!(e.ctx, CtxSize::Auto);
+    let err = e.set("ctx", "lots").unwrap_err().to_string();
+    assert!(err.contains("auto"), "{err}");
+    assert!(e.set("draft_ctx", "10").is_err());
+    assert_eq!(e.ctx.to_string(), "auto");
+    assert_eq!(CtxSize::Tokens(512).to_string(), "512");
 }
 
 #[test]
@@ -49,6 +67,8 @@ fn invalid_configs_name_the_key_and_the_problem() {
         ("bad-mode.toml", "engine.mode"),
         ("tiny-chunks.toml", "corpus.chunk_tokens"),
         ("syntax.toml", "line 1"),
+        ("bad-ctx.toml", "engine.ctx"),
+        ("small-ctx.toml", "ctx must be auto or at least 256"),
     ];
     for (file, needle) in expect {
         let err = Config::load(Some(&dir("invalid").join(file)), &dir("none")).unwrap_err();

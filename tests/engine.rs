@@ -6,10 +6,11 @@ mod common;
 
 use std::sync::{Mutex, OnceLock};
 
-use rapid_chat::config::{Config, EngineConfig, KvType};
+use rapid_chat::config::{Config, CtxSize, EngineConfig, KvType};
 use rapid_chat::corpus::CorpusIndex;
 use rapid_chat::llm::{Context, ContextSettings, Models, fetch};
 use rapid_chat::session::Engine;
+use rapid_chat::session::sizing::Bound;
 use rapid_chat::speculative::{Event, Flow, GenToken, Mode, TokenKind};
 
 /// One engine for the file: the model loads once, and tests take turns (2 cores).
@@ -28,8 +29,8 @@ fn engine_config() -> EngineConfig {
     EngineConfig {
         // With the conversation's reserve (an eighth) the documents and the question still take
         // over 4K tokens.
-        ctx: 5120,
-        draft_ctx: 1536,
+        ctx: 5120.into(),
+        draft_ctx: 1536.into(),
         retrieval_budget: 1024,
         max_tokens: 64,
         threads: 2,
@@ -671,8 +672,8 @@ const Q8_NEAR_TIE: f32 = 1.0;
 fn a_q8_0_kv_cache_answers_as_f16_up_to_near_ties() {
     let models = Models::load(&common::model_path(), None, 0).expect("load the model");
     let config = |kv_type| EngineConfig {
-        ctx: 2048,
-        draft_ctx: 512,
+        ctx: 2048.into(),
+        draft_ctx: 512.into(),
         retrieval_budget: 256,
         max_tokens: 32,
         kv_type,
@@ -721,5 +722,88 @@ fn a_q8_0_kv_cache_answers_as_f16_up_to_near_ties() {
     );
     for d in &differences {
         eprintln!("  {d}");
+    }
+}
+
+/// `ctx = "auto"`: the target's context holds the whole of a small corpus and little more, and
+/// for the demo corpus, which is larger, stops at the model's trained length; what bound it is
+/// reported. Before a corpus is seen, a provisional size.
+#[test]
+fn auto_contexts_fit_the_corpus_and_the_model() {
+    let models = Models::load(&common::model_path(), None, 0).expect("load the model");
+    let auto = EngineConfig {
+        ctx: CtxSize::Auto,
+        draft_ctx: CtxSize::Auto,
+        ..settings(Mode::Ar, 1)
+    };
+    let mut engine = Engine::new(models, &auto).expect("contexts");
+    assert_eq!(engine.sizes().target_bound, Bound::Provisional);
+
+    // A small corpus: the first part of a real document.
+    let sb = common::Sandbox::empty();
+    let manual = std::fs::read_to_string(common::demo_dir().join("llama-server.md")).unwrap();
+    let cut = manual
+        .char_indices()
+        .nth(6000)
+        .map_or(manual.len(), |(i, _)| i);
+    std::fs::write(sb.path("intro.md"), &manual[..cut]).unwrap();
+    let mut indexer = sb.indexer();
+    indexer.update(&mut |_| {}).unwrap();
+    let small = indexer.reader().unwrap();
+    let q = "What is llama-server?";
+    let prompts = engine.prepare(&small, q, &[], &auto).unwrap();
+    let sizes = engine.sizes().clone();
+    let Bound::Corpus(need) = sizes.target_bound else {
+        panic!("bound by {:?}", sizes.target_bound);
+    };
+    assert!(prompts.view.whole_corpus(), "{:?}", prompts.view);
+    assert!(sizes.target < 4096, "{sizes:?}");
+    assert!(
+        sizes.target >= need && sizes.target < need + 256,
+        "{sizes:?}"
+    );
+    assert!(prompts.target.len() + auto.max_tokens <= sizes.target as usize);
+    assert_eq!(engine.ctx_sizes().0, sizes.target as usize);
+    // The whole corpus needs little more than what the prompt holds (its reserve: an eighth).
+    assert!(
+        (prompts.target.len() as u32) > sizes.target / 2,
+        "{} tokens in {sizes:?}",
+        prompts.target.len()
+    );
+
+    // The demo corpus is larger than the model's trained length.
+    let prompts = engine.prepare(demo_index(), q, &[], &auto).unwrap();
+    let trained = engine.models.target.n_ctx_train();
+    assert_eq!(engine.sizes().target_bound, Bound::Trained(trained));
+    assert_eq!(engine.sizes().target, trained);
+    assert_eq!(engine.ctx_sizes().0, trained as usize);
+    assert!(!prompts.view.whole_corpus());
+    let Bound::Retrieval(draft_need) = engine.sizes().draft_bound else {
+        panic!("drafter bound by {:?}", engine.sizes().draft_bound);
+    };
+    assert!(engine.sizes().draft >= draft_need);
+    assert!(prompts.draft.len() <= engine.sizes().draft as usize);
+}
+
+/// A context too large for the memory is refused, with the numbers, before llama.cpp allocates.
+#[test]
+fn a_context_that_cannot_fit_is_refused_with_its_numbers() {
+    let models = Models::load(&common::model_path(), None, 0).expect("load the model");
+    let huge = EngineConfig {
+        ctx: 100_000_000.into(),
+        ..engine_config()
+    };
+    let Err(e) = Engine::new(models, &huge) else {
+        panic!("a 100M-token context was accepted");
+    };
+    let e = format!("{e:#}");
+    for part in [
+        "100000000 tokens",
+        "GiB of KV cache",
+        "free RAM",
+        "free)",
+        "--kv-type q8_0",
+    ] {
+        assert!(e.contains(part), "{part:?} missing from: {e}");
     }
 }

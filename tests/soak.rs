@@ -40,8 +40,8 @@ fn a_long_session_keeps_memory_flat_and_the_contexts_within_their_size() {
     let index = indexer.reader().unwrap();
 
     let config = EngineConfig {
-        ctx: 2048,
-        draft_ctx: 1536,
+        ctx: 2048.into(),
+        draft_ctx: 1536.into(),
         retrieval_budget: 1024,
         max_tokens: 12,
         threads: 2,
@@ -70,8 +70,8 @@ fn a_long_session_keeps_memory_flat_and_the_contexts_within_their_size() {
         let s = &answer.output.stats;
         max_target = max_target.max(s.target_ctx_tokens);
         max_draft = max_draft.max(s.draft_ctx_tokens);
-        assert!(s.target_ctx_tokens <= config.ctx as usize);
-        assert!(s.draft_ctx_tokens <= config.draft_ctx as usize);
+        assert!(s.target_ctx_tokens <= 2048);
+        assert!(s.draft_ctx_tokens <= 1536);
         history.push(Turn {
             question: q,
             answer: answer.output.text,

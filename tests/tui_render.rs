@@ -35,6 +35,7 @@ fn loaded_with(app: &mut App, target_ctx: usize, draft_ctx: usize) {
         device: "CPU, 2 threads (this build has no CUDA)".into(),
         target_ctx,
         draft_ctx,
+        ctx_bound: "trained length".into(),
     })));
 }
 

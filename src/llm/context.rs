@@ -14,7 +14,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use super::backend;
+use super::{backend, memory};
 use crate::config::KvType;
 
 /// Settings of a context.
@@ -305,28 +305,25 @@ impl Context {
     }
 }
 
-/// Refuses a CPU context whose KV cache would not fit in the memory available (llama.cpp
-/// would allocate it and the system would kill the process while it is filled).
+/// Refuses a context whose KV cache would not fit where it lives (llama.cpp would fail deep in
+/// its allocator, or the system would kill the process while the cache fills).
 fn check_memory(model: &LlamaModel, spec: ContextSettings) -> Result<()> {
-    if spec.gpu {
-        // Its cache lives in GPU memory, where llama.cpp reports a failed allocation.
-        return Ok(());
-    }
-    let head_dim = u64::try_from(model.n_embd()).unwrap_or(0) / u64::from(model.n_head().max(1));
-    // K and V, per layer and key-value head.
-    let elements = 2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim;
-    let per_token = (elements as f64 * spec.kv_type.bytes_per_element()) as u64;
-    let need = per_token.saturating_mul(u64::from(spec.n_ctx));
-    let Some(available) = available_memory() else {
+    let layers = if spec.gpu { -1 } else { 0 };
+    let Some(room) = memory::room_now(model, layers) else {
         return Ok(());
     };
-    if need > available {
+    let need =
+        memory::kv_bytes_per_token(model, spec.kv_type).saturating_mul(u64::from(spec.n_ctx));
+    if need > room.bytes {
         bail!(
-            "a context of {} tokens needs about {:.1} GiB for its KV cache, more than the {:.1} GiB \
-             of memory available: use a smaller --ctx / --draft-ctx",
+            "a context of {} tokens needs about {} for its {} KV cache, more than the {} that \
+             {} allows ({} free): use a smaller --ctx / --draft-ctx, --kv-type q8_0, or --ctx auto",
             spec.n_ctx,
-            need as f64 / f64::from(1u32 << 30),
-            available as f64 / f64::from(1u32 << 30)
+            memory::gib(need),
+            spec.kv_type,
+            memory::gib(room.bytes),
+            room.place,
+            memory::gib(room.free),
         );
     }
     Ok(())
@@ -338,20 +335,6 @@ fn cache_type(t: KvType) -> KvCacheType {
         KvType::Q8_0 => KvCacheType::Q8_0,
         KvType::Q4_0 => KvCacheType::Q4_0,
     }
-}
-
-/// MemAvailable from /proc/meminfo, in bytes (None where there is no such file).
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 #[derive(Clone, Copy)]

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod context;
 pub mod fetch;
 pub mod kvcache;
+pub mod memory;
 pub mod model;
 pub mod token;
 

@@ -52,6 +52,9 @@ pub fn check_gguf(path: &Path) -> Result<()> {
 /// Loads a model; `vocab_only` reads just the vocabulary (fast, no weights).
 pub fn load_model(path: &Path, gpu_layers: i32, vocab_only: bool) -> Result<LlamaModel> {
     check_gguf(path)?;
+    if !vocab_only {
+        super::memory::check_weights_fit(path, gpu_layers, &super::memory::gpus())?;
+    }
     let layers = u32::try_from(gpu_layers).unwrap_or(u32::MAX);
     let params = LlamaModelParams::default()
         .with_n_gpu_layers(layers)
@@ -195,16 +198,7 @@ pub fn placement(n_layer: u32, gpu_layers: i32, threads: u32) -> String {
     if !backend().is_ok_and(|b| b.supports_gpu_offload()) {
         return cpu("this build has no CUDA");
     }
-    let gpus: Vec<_> = llama_cpp_2::list_llama_ggml_backend_devices()
-        .into_iter()
-        .filter(|d| {
-            matches!(
-                d.device_type,
-                llama_cpp_2::LlamaBackendDeviceType::Gpu
-                    | llama_cpp_2::LlamaBackendDeviceType::IntegratedGpu
-            )
-        })
-        .collect();
+    let gpus = super::memory::gpus();
     let Some(gpu) = gpus.first() else {
         return cpu("a GPU build, but no GPU was found");
     };
@@ -213,9 +207,8 @@ pub fn placement(n_layer: u32, gpu_layers: i32, threads: u32) -> String {
     }
     let on_gpu = u32::try_from(gpu_layers).map_or(n_layer, |g| g.min(n_layer));
     format!(
-        "{} {} {} GiB, {on_gpu}/{n_layer} layers, KV on GPU",
+        "{} {} GiB, {on_gpu}/{n_layer} layers, KV on GPU",
         gpu.name,
-        gpu.description,
-        gpu.memory_total >> 30
+        gpu.total >> 30
     )
 }

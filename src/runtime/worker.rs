@@ -33,11 +33,35 @@ pub struct EngineInfo {
     pub device: String,
     pub target_ctx: usize,
     pub draft_ctx: usize,
+    /// What bound the target's context, in a word or two ("corpus", "memory", "set").
+    pub ctx_bound: String,
+}
+
+impl EngineInfo {
+    fn of(engine: &Engine) -> Self {
+        let name = |p: &std::path::Path| {
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        };
+        let sizes = engine.sizes();
+        Self {
+            target: name(&engine.models.target_path),
+            drafter: name(&engine.models.drafter_path),
+            self_speculation: engine.models.same,
+            device: engine.device(),
+            target_ctx: sizes.target as usize,
+            draft_ctx: sizes.draft as usize,
+            ctx_bound: sizes.target_bound.short().to_owned(),
+        }
+    }
 }
 
 /// What the engine tells the UI.
 #[derive(Debug, Clone)]
 pub enum Reply {
+    /// The engine is ready; sent again when its contexts are resized for the corpus.
     Loaded(EngineInfo),
     /// The engine could not start; questions cannot be answered.
     LoadFailed(String),
@@ -101,22 +125,8 @@ fn serve(
             return;
         }
     };
-    let name = |p: &std::path::Path| {
-        p.file_name().map_or_else(
-            || p.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        )
-    };
-    let (target_ctx, draft_ctx) = engine.ctx_sizes();
-    let info = EngineInfo {
-        target: name(&engine.models.target_path),
-        drafter: name(&engine.models.drafter_path),
-        self_speculation: engine.models.same,
-        device: engine.device(),
-        target_ctx,
-        draft_ctx,
-    };
-    if replies.send(Reply::Loaded(info)).is_err() {
+    let mut info = EngineInfo::of(&engine);
+    if replies.send(Reply::Loaded(info.clone())).is_err() {
         return;
     }
     for request in requests {
@@ -128,6 +138,11 @@ fn serve(
         let result = (|| {
             index.reload()?;
             let prompts = engine.prepare(&index, &question, &history, &settings)?;
+            let now = EngineInfo::of(&engine);
+            if now != info {
+                info = now;
+                let _ = replies.send(Reply::Loaded(info.clone()));
+            }
             let _ = replies.send(Reply::Started {
                 sources: prompts.sources.clone(),
                 view: prompts.view.clone(),

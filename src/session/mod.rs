@@ -3,15 +3,17 @@
 //! the previous one), and report what the user sees.
 
 pub mod prompt;
+pub mod sizing;
 
 use anyhow::Result;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::config::{Config, EngineConfig};
+use crate::config::{Config, CtxSize, EngineConfig};
 use crate::corpus::CorpusIndex;
 use crate::llm::context::common_prefix;
 use crate::llm::kvcache::{self, KvCache};
-use crate::llm::{Context, ContextSettings, Models};
+use crate::llm::memory;
+use crate::llm::{Context, ContextSettings, Model, Models};
 use crate::paths::Dirs;
 use crate::speculative::decode::{self, Drafter, Output};
 use crate::speculative::{Event, Flow, Mode};
@@ -23,7 +25,8 @@ pub struct Engine {
     target: Context,
     drafter: Context,
     contexts: ContextSettings,
-    draft_ctx: u32,
+    /// The contexts' sizes as last chosen, with what bound them.
+    sizes: sizing::Sizes,
     /// Whether llama.cpp offloads to a GPU.
     pub gpu: bool,
     /// Layers asked to be offloaded (-1: all).
@@ -76,6 +79,54 @@ pub fn kv_cache(config: &EngineConfig, dir: std::path::PathBuf) -> Option<KvCach
         .then(|| KvCache::new(dir, config.kv_cache_max_mib.saturating_mul(1 << 20)))
 }
 
+/// Chooses the contexts' sizes for `config` (see [`sizing`]); `held` bytes of KV cache are
+/// about to be freed and count as free.
+fn choose_sizes(
+    models: &Models,
+    config: &EngineConfig,
+    corpus_needs: Option<u32>,
+    held: u64,
+) -> Result<sizing::Sizes> {
+    let facts = |m: &Model| sizing::ModelFacts {
+        trained: m.n_ctx_train(),
+        bytes_per_token: memory::kv_bytes_per_token(m, config.kv_type),
+    };
+    let draft_needs =
+        prompt::draft_needs(models.target, config.retrieval_budget, config.max_tokens)?;
+    let room = memory::room_now(models.target, config.gpu_layers).map(|r| memory::Room {
+        bytes: r.bytes + held,
+        ..r
+    });
+    sizing::choose(&sizing::Inputs {
+        ctx: config.ctx,
+        draft_ctx: config.draft_ctx,
+        target: facts(models.target),
+        drafter: facts(models.drafter),
+        corpus_needs,
+        draft_needs: u32::try_from(draft_needs).unwrap_or(u32::MAX),
+        room,
+    })
+}
+
+/// Bytes of `model`'s KV cache for `n_ctx` tokens with `config`'s cache type.
+fn kv_bytes(model: &Model, config: &EngineConfig, n_ctx: usize) -> u64 {
+    memory::kv_bytes_per_token(model, config.kv_type).saturating_mul(n_ctx as u64)
+}
+
+/// Replaces `slot` with a new context of `model`, freeing the old cache first (a placeholder of
+/// the smallest size holds the slot meanwhile).
+fn replace(slot: &mut Context, model: &'static Model, settings: ContextSettings) -> Result<()> {
+    *slot = Context::new(
+        model,
+        ContextSettings {
+            n_ctx: 256,
+            ..settings
+        },
+    )?;
+    *slot = Context::new(model, settings)?;
+    Ok(())
+}
+
 /// Documents shorter than this are decoded rather than restored from disk.
 const MIN_CACHED_TOKENS: usize = 1024;
 
@@ -103,7 +154,9 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Creates the target and drafter contexts for `models`.
+    /// Creates the target and drafter contexts for `models` (an auto-sized target gets
+    /// [`sizing::BEFORE_THE_CORPUS`] tokens, if they fit, until [`Engine::prepare`] sees the
+    /// corpus).
     pub fn new(models: Models, config: &EngineConfig) -> Result<Self> {
         let gpu = crate::llm::backend()?.supports_gpu_offload() && config.gpu_layers != 0;
         let threads = if config.threads > 0 {
@@ -111,8 +164,10 @@ impl Engine {
         } else {
             std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2))
         };
+        let sizes = choose_sizes(&models, config, None, 0)?;
+        tracing::info!(sizes = %sizes.describe(), "context sizes");
         let contexts = ContextSettings {
-            n_ctx: config.ctx,
+            n_ctx: sizes.target,
             threads,
             flash_attention: gpu,
             kv_type: config.kv_type,
@@ -122,7 +177,7 @@ impl Engine {
         let drafter = Context::new(
             models.drafter,
             ContextSettings {
-                n_ctx: config.draft_ctx,
+                n_ctx: sizes.draft,
                 ..contexts
             },
         )?;
@@ -132,7 +187,7 @@ impl Engine {
             target,
             drafter,
             contexts,
-            draft_ctx: config.draft_ctx,
+            sizes,
             gpu,
             gpu_layers: config.gpu_layers,
             kv: None,
@@ -140,6 +195,70 @@ impl Engine {
             last_view: Vec::new(),
             costs: Default::default(),
         })
+    }
+
+    /// The contexts' sizes with what bound them.
+    pub fn sizes(&self) -> &sizing::Sizes {
+        &self.sizes
+    }
+
+    /// Sizes the contexts for `settings` and the corpus in `index`, re-creating a context whose
+    /// size changes: an auto-sized target grows when the corpus outgrows it and shrinks when it
+    /// would take at most three quarters (its cache is lost either way); a set size is taken as
+    /// it is. Vanilla SD's drafter reads the target's prompt: it gets the target's size.
+    fn fit(&mut self, index: &CorpusIndex, settings: &EngineConfig) -> Result<()> {
+        let corpus = match settings.ctx {
+            CtxSize::Auto => {
+                let need = prompt::corpus_needs(
+                    self.models.target,
+                    index,
+                    settings.max_tokens,
+                    self.sizes.draft as usize,
+                )?;
+                Some(u32::try_from(need).unwrap_or(u32::MAX))
+            }
+            CtxSize::Tokens(_) => None,
+        };
+        let held = kv_bytes(self.models.target, settings, self.target.n_ctx())
+            + kv_bytes(self.models.drafter, settings, self.drafter.n_ctx());
+        let sizes = choose_sizes(&self.models, settings, corpus, held)?;
+        let (old, new) = (self.sizes.target, sizes.target);
+        let resize_target = match settings.ctx {
+            CtxSize::Auto => new > old || u64::from(new) * 4 <= u64::from(old) * 3,
+            CtxSize::Tokens(_) => new != old,
+        };
+        let draft_n_ctx = if settings.mode == Mode::Sd {
+            if resize_target { new } else { old }
+        } else {
+            sizes.draft
+        };
+        let resize_drafter = draft_n_ctx > self.sizes.draft.max(self.drafter_size())
+            || (settings.draft_ctx != CtxSize::Auto && sizes.draft != self.sizes.draft);
+        if resize_target {
+            tracing::info!(from = old, to = new, why = %sizes.target_bound, "resizing the target context");
+            self.contexts.n_ctx = new;
+            replace(&mut self.target, self.models.target, self.contexts)?;
+            self.sizes.target = new;
+        }
+        // A size kept a little larger than needed was still decided by the same limit.
+        self.sizes.target_bound = sizes.target_bound.clone();
+        if resize_drafter {
+            tracing::info!(to = draft_n_ctx, why = %sizes.draft_bound, "resizing the drafter context");
+            let settings = ContextSettings {
+                n_ctx: draft_n_ctx,
+                ..self.contexts
+            };
+            replace(&mut self.drafter, self.models.drafter, settings)?;
+        }
+        if settings.mode != Mode::Sd {
+            self.sizes.draft = sizes.draft;
+            self.sizes.draft_bound = sizes.draft_bound;
+        }
+        Ok(())
+    }
+
+    fn drafter_size(&self) -> u32 {
+        u32::try_from(self.drafter.n_ctx()).unwrap_or(u32::MAX)
     }
 
     /// Saves and restores the target's state after the documents in `cache` (None: never).
@@ -255,25 +374,10 @@ impl Engine {
         history: &[Turn],
         settings: &EngineConfig,
     ) -> Result<prompt::Prompts> {
-        // Vanilla SD gives the drafter the target's whole context: it needs as much room (and
-        // keeps it for later turns rather than reallocating).
-        let draft_n_ctx = if settings.mode == Mode::Sd {
-            self.contexts.n_ctx
-        } else {
-            self.draft_ctx
-        };
-        if self.drafter.n_ctx() < draft_n_ctx as usize {
-            self.drafter = Context::new(
-                self.models.drafter,
-                ContextSettings {
-                    n_ctx: draft_n_ctx,
-                    ..self.contexts
-                },
-            )?;
-        }
+        self.fit(index, settings)?;
         let budgets = prompt::Budgets {
             target_ctx: self.target.n_ctx(),
-            draft_ctx: (self.draft_ctx as usize).min(self.drafter.n_ctx()),
+            draft_ctx: (self.sizes.draft as usize).min(self.drafter.n_ctx()),
             retrieval: settings.retrieval_budget,
             max_tokens: settings.max_tokens,
         };

@@ -165,7 +165,7 @@ pub fn build_after(
     // The target keeps a reserve for the question and the conversation (an eighth of its
     // context, at most the conversation's cap), so that follow-ups fit beside the same documents
     // and the cache's prefix holds until the conversation outgrows it.
-    let reserve = (budgets.target_ctx / 8).min(limit);
+    let reserve = reserve(budgets.target_ctx, limit);
     let base = Frame::new(model, "", &[])?.fixed_tokens();
     let target_room = target_room.min(
         budgets
@@ -240,6 +240,46 @@ pub fn build_after(
     })
 }
 
+/// The target's reserve for the question and the conversation in a context of `target_ctx`
+/// tokens: an eighth, at most the conversation's cap `limit`.
+fn reserve(target_ctx: usize, limit: usize) -> usize {
+    (target_ctx / 8).min(limit)
+}
+
+/// Tokens a chunk costs in a prompt besides its own: headers and separators (an estimate,
+/// checked against the rendered text).
+const CHUNK_OVERHEAD: usize = 8;
+
+/// The smallest target context that holds the whole corpus of `index` with the conversation's
+/// reserve and a `max_tokens` answer, beside a drafter context of `draft_ctx` (a multiple of 256;
+/// rendering may take a few tokens more than the chunks' counts: 2% are added).
+pub fn corpus_needs(
+    model: &LlamaModel,
+    index: &CorpusIndex,
+    max_tokens: usize,
+    draft_ctx: usize,
+) -> Result<usize> {
+    let docs: usize = index
+        .all_chunks()?
+        .iter()
+        .map(|c| c.tokens + CHUNK_OVERHEAD)
+        .sum();
+    let base = Frame::new(model, "", &[])?.fixed_tokens();
+    let need = base + docs + docs / 50 + max_tokens + 1;
+    let mut ctx = need.div_ceil(256) * 256;
+    while ctx - reserve(ctx, draft_ctx.min(ctx) / 2) < need {
+        ctx += 256;
+    }
+    Ok(ctx)
+}
+
+/// The drafter context that holds `retrieval` tokens of chunks, a `max_tokens` answer and a
+/// conversation of up to half as much again as the chunks (at least 512 tokens).
+pub fn draft_needs(model: &LlamaModel, retrieval: usize, max_tokens: usize) -> Result<usize> {
+    let base = Frame::new(model, "", &[])?.fixed_tokens();
+    Ok(base + retrieval + retrieval / 50 + max_tokens + 1 + (retrieval / 2).max(512))
+}
+
 /// Takes candidates in order while they fit `room` tokens, renders them in document order, and
 /// gives back the last taken until the rendered text really fits.
 fn fill<'a>(
@@ -250,8 +290,7 @@ fn fill<'a>(
     let mut taken: Vec<&Hit> = Vec::new();
     let mut estimate = 0;
     for &c in candidates {
-        // Headers and separators cost a few tokens per chunk.
-        let cost = c.tokens + 8;
+        let cost = c.tokens + CHUNK_OVERHEAD;
         if estimate + cost <= room {
             taken.push(c);
             estimate += cost;

@@ -349,6 +349,9 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             used(s.draft_ctx_tokens, s.draft_n_ctx, dctx)
         }),
     ));
+    if let Some(e) = &app.conversation.engine {
+        lines.push(kv("sized by", e.ctx_bound.clone()));
+    }
     if let Some(v) = last.and_then(|e| e.view.as_ref()) {
         lines.push(kv(
             "in view",
