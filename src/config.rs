@@ -16,7 +16,73 @@ pub struct Config {
     pub draft_model: Option<PathBuf>,
     pub corpus: CorpusConfig,
     pub engine: EngineConfig,
+    pub gpu: GpuConfig,
     pub tui: TuiConfig,
+}
+
+/// How llama.cpp spreads a model over several GPUs, and other machines' devices (llama.cpp's
+/// RPC workers) to add to this machine's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuConfig {
+    /// layer: whole layers (and their KV cache) per device; row: each layer's rows split over
+    /// the GPUs; none: everything on main_gpu.
+    pub split_mode: SplitMode,
+    /// The device (an index into the devices in use) that holds everything with split_mode =
+    /// none, and the intermediate results with row.
+    pub main_gpu: u32,
+    /// Workers (HOST:PORT, started with `rapid-chat worker`) whose devices take layers too.
+    pub rpc: Vec<String>,
+}
+
+/// llama.cpp's split modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitMode {
+    #[default]
+    Layer,
+    Row,
+    None,
+}
+
+impl std::fmt::Display for SplitMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Layer => "layer",
+            Self::Row => "row",
+            Self::None => "none",
+        })
+    }
+}
+
+/// Command-line flags over the config's `[gpu]` section: a flag given wins.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GpuFlags {
+    /// How layers are spread over several GPUs: layer, row or none (main GPU only).
+    #[arg(long, global = true, value_enum)]
+    pub split_mode: Option<SplitMode>,
+    /// The main device: everything with --split-mode none.
+    #[arg(long, global = true)]
+    pub main_gpu: Option<u32>,
+    /// Workers whose devices take layers too, as HOST:PORT,HOST:PORT (start each with
+    /// `rapid-chat worker`); an empty value uses none.
+    #[arg(long, global = true, value_delimiter = ',', num_args = 0..=1, value_name = "HOST:PORT,...")]
+    pub rpc: Option<Vec<String>>,
+}
+
+impl GpuFlags {
+    /// Sets every given flag over `c`.
+    pub fn apply(&self, c: &mut GpuConfig) {
+        if let Some(v) = self.split_mode {
+            c.split_mode = v;
+        }
+        if let Some(v) = self.main_gpu {
+            c.main_gpu = v;
+        }
+        if let Some(v) = &self.rpc {
+            c.rpc = v.iter().filter(|w| !w.trim().is_empty()).cloned().collect();
+        }
+    }
 }
 
 /// The terminal UI: key bindings and colours.
@@ -464,6 +530,13 @@ impl Config {
         self.engine
             .validate()
             .map_err(|e| anyhow::anyhow!("engine.{e}"))?;
+        for worker in &self.gpu.rpc {
+            let port = worker.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+            anyhow::ensure!(
+                matches!(port, Some(Ok(p)) if p > 0),
+                "gpu.rpc: {worker:?} is not HOST:PORT (for example 192.168.1.20:50052)"
+            );
+        }
         let t = &self.tui;
         for (name, value) in [
             ("accepted", &t.accepted),

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use rapid_chat::config::{Config, EngineFlags, Mode};
+use rapid_chat::config::{Config, EngineFlags, GpuFlags, Mode};
 use rapid_chat::corpus::{CorpusIndex, Report};
 use rapid_chat::llm::{Tokenizer, fetch};
 use rapid_chat::paths::Dirs;
@@ -45,6 +45,8 @@ struct Global {
     /// Config file (default: config.toml in the config directory).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    gpu: GpuFlags,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +86,19 @@ enum Command {
     /// Measure: every question in every mode, interleaved, with speed-ups over AR measured in
     /// the same run; a Markdown table (or JSON).
     Bench(BenchArgs),
+    /// Serve this machine's devices (its GPUs, else its CPU) to a rapid-chat on another machine,
+    /// which adds it with --rpc HOST:PORT (llama.cpp's RPC backend). The protocol has no
+    /// authentication: keep it on 127.0.0.1 and reach it through an SSH tunnel.
+    Worker {
+        /// Address to listen on; anything but 127.0.0.1 lets anyone who can reach it use it.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = rapid_chat::llm::rpc::DEFAULT_PORT)]
+        port: u16,
+        /// CPU threads for the model's layers when serving the CPU (0 = the number of cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Internal: extract a PDF's pages in a separate process (see corpus::extract).
     #[command(hide = true)]
     ExtractPdf { input: PathBuf, output: PathBuf },
@@ -162,6 +177,8 @@ impl Ctx {
         if let Some(m) = &global.draft_model {
             config.draft_model = Some(m.clone());
         }
+        global.gpu.apply(&mut config.gpu);
+        config.validate()?;
         Ok(Self { dirs, config })
     }
 
@@ -222,6 +239,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Some(Command::Worker {
+            host,
+            port,
+            threads,
+        }) => worker_command(&ctx, &host, port, threads),
         Some(Command::FetchModel { name, .. }) => {
             let model = fetch::known(&name)?;
             let path = fetch::ensure(model, &ctx.dirs.models(), false)?;
@@ -342,10 +364,53 @@ fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()
     Ok(())
 }
 
+/// Serves this machine's devices until killed; warns when the address is not this machine only.
+fn worker_command(ctx: &Ctx, host: &str, port: u16, threads: usize) -> Result<()> {
+    use rapid_chat::llm::rpc;
+    if !rpc::is_loopback(host) {
+        eprintln!(
+            "warning: llama.cpp's RPC protocol has no authentication and no encryption: anyone \
+             who can reach {host}:{port} can run code on this worker's devices and read what it \
+             computes. Listen on 127.0.0.1 and reach it through an SSH tunnel instead \
+             (on the main machine: ssh -N -L {port}:127.0.0.1:{port} THIS_HOST, then --rpc \
+             127.0.0.1:{port})."
+        );
+    }
+    let threads = if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    eprintln!(
+        "rapid-chat worker on {host}:{port}: add it with `rapid-chat --rpc {host}:{port}` on the \
+         main machine (Ctrl-C stops it)"
+    );
+    let cache = ctx.dirs.cache.join("rpc");
+    let cache = std::fs::create_dir_all(&cache).ok().map(|()| cache);
+    rpc::serve(host, port, threads, cache.as_deref())
+}
+
+/// With workers, a worker that fails ends the command with an error naming it (llama.cpp would
+/// abort, or wait forever on it).
+fn exit_when_a_worker_fails(workers: &[String]) {
+    if workers.is_empty() {
+        return;
+    }
+    let workers = workers.to_vec();
+    rapid_chat::llm::rpc::on_failure(move |failure| {
+        eprintln!(
+            "\nerror: {}; run again without it (leave it out of --rpc)",
+            rapid_chat::llm::rpc::describe_failure(&workers, &failure)
+        );
+        rapid_chat::llm::rpc::exit_now(1);
+    });
+}
+
 fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
     use rapid_chat::speculative::{Event, Flow};
     let ctx = ctx.with_flags(&args.engine)?;
     let index = ctx.current_index(&args.folder, args.json)?;
+    exit_when_a_worker_fails(&ctx.config.gpu.rpc);
     let mut engine = Engine::load(&ctx.config, &ctx.dirs)?;
     let settings = &ctx.config.engine;
     let tty = std::io::stderr().is_terminal();
@@ -483,6 +548,7 @@ fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
             }
         }
     }
+    exit_when_a_worker_fails(&ctx.config.gpu.rpc);
     let mut engine = Engine::load(&ctx.config, &ctx.dirs)?;
     let settings = ctx.config.engine.clone();
     let plan = bench::Plan {

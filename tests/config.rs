@@ -69,6 +69,7 @@ fn invalid_configs_name_the_key_and_the_problem() {
         ("syntax.toml", "line 1"),
         ("bad-ctx.toml", "engine.ctx"),
         ("small-ctx.toml", "ctx must be auto or at least 256"),
+        ("bad-rpc.toml", "gpu.rpc"),
     ];
     for (file, needle) in expect {
         let err = Config::load(Some(&dir("invalid").join(file)), &dir("none")).unwrap_err();

@@ -518,6 +518,7 @@ fn rollback_on_a_sliding_window_model_matches_a_fresh_context() {
         flash_attention: false,
         kv_type: rapid_chat::config::KvType::F16,
         gpu: false,
+        remote: false,
     };
 
     // Decode prompt + detour, roll the detour back, decode the ending.

@@ -26,6 +26,8 @@ pub struct ContextSettings {
     pub flash_attention: bool,
     /// Whether the cache lives in GPU memory (else its size is checked against free RAM).
     pub gpu: bool,
+    /// Whether workers (llama.cpp RPC) hold layers, and so part of the cache.
+    pub remote: bool,
     /// The cache's element type (a quantized one needs flash attention: [`Context::new`] turns
     /// it on).
     pub kv_type: KvType,
@@ -309,7 +311,7 @@ impl Context {
 /// its allocator, or the system would kill the process while the cache fills).
 fn check_memory(model: &LlamaModel, spec: ContextSettings) -> Result<()> {
     let layers = if spec.gpu { -1 } else { 0 };
-    let Some(room) = memory::room_now(model, layers) else {
+    let Some(room) = memory::room_now(model, layers, spec.remote) else {
         return Ok(());
     };
     let need =

@@ -31,24 +31,73 @@ pub struct Gpu {
     pub total: u64,
 }
 
-/// The GPUs of this build and machine (none in a CPU build).
-pub fn gpus() -> Vec<Gpu> {
-    if !backend().is_ok_and(|b| b.supports_gpu_offload()) {
+/// A device llama.cpp can place layers on, local or served by a worker.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// llama.cpp's index of it.
+    pub index: usize,
+    /// llama.cpp's name ("CUDA0", "RPC0").
+    pub name: String,
+    /// The card's name, or for a worker's device its address.
+    pub description: String,
+    /// Whether a worker serves it (llama.cpp's RPC backend).
+    pub remote: bool,
+}
+
+fn text(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: ggml returns NUL-terminated strings that live as long as the device.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The GPU-type devices llama.cpp has: this machine's GPUs, and the devices of the workers
+/// added so far. Nothing here asks a worker anything (a dead one would abort the process).
+pub fn offload_devices() -> Vec<Device> {
+    if backend().is_err() {
         return Vec::new();
     }
-    llama_cpp_2::list_llama_ggml_backend_devices()
+    // SAFETY: plain queries of llama.cpp's device registry, by valid index.
+    unsafe {
+        (0..llama_cpp_sys_2::ggml_backend_dev_count())
+            .filter_map(|index| {
+                let dev = llama_cpp_sys_2::ggml_backend_dev_get(index);
+                let reg = llama_cpp_sys_2::ggml_backend_dev_backend_reg(dev);
+                let remote = text(llama_cpp_sys_2::ggml_backend_reg_name(reg)) == "RPC";
+                let kind = llama_cpp_sys_2::ggml_backend_dev_type(dev);
+                let gpu = kind == llama_cpp_sys_2::GGML_BACKEND_DEVICE_TYPE_GPU
+                    || kind == llama_cpp_sys_2::GGML_BACKEND_DEVICE_TYPE_IGPU;
+                gpu.then(|| Device {
+                    index,
+                    name: text(llama_cpp_sys_2::ggml_backend_dev_name(dev)),
+                    description: text(llama_cpp_sys_2::ggml_backend_dev_description(dev)),
+                    remote,
+                })
+            })
+            .collect()
+    }
+}
+
+/// This machine's GPUs with their memory (none in a CPU build).
+pub fn gpus() -> Vec<Gpu> {
+    offload_devices()
         .into_iter()
-        .filter(|d| {
-            matches!(
-                d.device_type,
-                llama_cpp_2::LlamaBackendDeviceType::Gpu
-                    | llama_cpp_2::LlamaBackendDeviceType::IntegratedGpu
-            )
-        })
-        .map(|d| Gpu {
-            name: format!("{} {}", d.name, d.description),
-            free: d.memory_free as u64,
-            total: d.memory_total as u64,
+        .filter(|d| !d.remote)
+        .map(|d| {
+            let (mut free, mut total) = (0usize, 0usize);
+            // SAFETY: a local device by valid index; the out-pointers are ours.
+            unsafe {
+                let dev = llama_cpp_sys_2::ggml_backend_dev_get(d.index);
+                llama_cpp_sys_2::ggml_backend_dev_memory(dev, &raw mut free, &raw mut total);
+            }
+            Gpu {
+                name: format!("{} {}", d.name, d.description),
+                free: free as u64,
+                total: total as u64,
+            }
         })
         .collect()
 }
@@ -106,8 +155,11 @@ pub fn room(gpu_share: f64, gpus: &[Gpu], ram: Option<u64>) -> Option<Room> {
 }
 
 /// The room for the KV caches of `model` loaded with `gpu_layers` (-1: all) in this build and
-/// machine, now.
-pub fn room_now(model: &LlamaModel, gpu_layers: i32) -> Option<Room> {
+/// machine, now; None where workers hold layers (their memory is theirs to report).
+pub fn room_now(model: &LlamaModel, gpu_layers: i32, remote: bool) -> Option<Room> {
+    if remote {
+        return None;
+    }
     let gpus = gpus();
     let n_layer = model.n_layer().max(1);
     let on_gpu = if gpus.is_empty() {

@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod kvcache;
 pub mod memory;
 pub mod model;
+pub mod rpc;
 pub mod token;
 
 pub use context::{Context, ContextSettings};

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use anyhow::{Context, Result, bail};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::token::LlamaToken;
 
 /// A loaded model (weights and vocabulary). llama.cpp's own type: contexts borrow it, and the
@@ -49,16 +49,82 @@ pub fn check_gguf(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where a model's layers go: this machine's GPUs and the workers' devices.
+#[derive(Debug, Clone, Default)]
+pub struct Offload {
+    /// Layers to offload (-1: all; 0: none, the CPU runs the model).
+    pub gpu_layers: i32,
+    pub split_mode: crate::config::SplitMode,
+    pub main_gpu: u32,
+    /// Workers (HOST:PORT) whose devices take layers too.
+    pub rpc: Vec<String>,
+}
+
+impl Offload {
+    /// This machine only, `gpu_layers` on its GPUs.
+    pub fn local(gpu_layers: i32) -> Self {
+        Self {
+            gpu_layers,
+            ..Self::default()
+        }
+    }
+
+    /// The configured offload.
+    pub fn of(gpu_layers: i32, gpu: &crate::config::GpuConfig) -> Self {
+        Self {
+            gpu_layers,
+            split_mode: gpu.split_mode,
+            main_gpu: gpu.main_gpu,
+            rpc: gpu.rpc.clone(),
+        }
+    }
+
+    /// The devices to load on: this machine's GPUs, then the workers' devices (workers are
+    /// checked and added first). Devices of workers added earlier but not named now are left
+    /// out, so a run without them never touches them.
+    pub fn devices(&self) -> Result<Vec<super::memory::Device>> {
+        let remote = super::rpc::add_workers(&self.rpc)?;
+        Ok(super::memory::offload_devices()
+            .into_iter()
+            .filter(|d| !d.remote || remote.contains(&d.name))
+            .collect())
+    }
+}
+
 /// Loads a model; `vocab_only` reads just the vocabulary (fast, no weights).
 pub fn load_model(path: &Path, gpu_layers: i32, vocab_only: bool) -> Result<LlamaModel> {
+    load_model_on(path, &Offload::local(gpu_layers), vocab_only)
+}
+
+/// Loads a model with its layers placed as `offload` says.
+pub fn load_model_on(path: &Path, offload: &Offload, vocab_only: bool) -> Result<LlamaModel> {
     check_gguf(path)?;
+    let devices = if vocab_only {
+        Vec::new()
+    } else {
+        offload.devices()?
+    };
     if !vocab_only {
-        super::memory::check_weights_fit(path, gpu_layers, &super::memory::gpus())?;
+        super::memory::check_weights_fit(path, offload.gpu_layers, &super::memory::gpus())?;
     }
-    let layers = u32::try_from(gpu_layers).unwrap_or(u32::MAX);
+    let layers = u32::try_from(offload.gpu_layers).unwrap_or(u32::MAX);
+    let indices: Vec<usize> = devices.iter().map(|d| d.index).collect();
+    let split = match offload.split_mode {
+        crate::config::SplitMode::Layer => LlamaSplitMode::Layer,
+        crate::config::SplitMode::Row => LlamaSplitMode::Row,
+        crate::config::SplitMode::None => LlamaSplitMode::None,
+    };
     let params = LlamaModelParams::default()
         .with_n_gpu_layers(layers)
-        .with_vocab_only(vocab_only);
+        .with_vocab_only(vocab_only)
+        .with_split_mode(split)
+        .with_main_gpu(i32::try_from(offload.main_gpu).unwrap_or(0))
+        .with_devices(&indices)
+        .context("llama.cpp refused the device list")?;
+    if !devices.is_empty() && !vocab_only {
+        let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+        tracing::info!(devices = %names.join(", "), "loading {}", path.display());
+    }
     LlamaModel::load_from_file(backend()?, path, &params).with_context(|| {
         format!(
             "llama.cpp could not load {}: the file may be truncated or of an architecture this \
@@ -125,12 +191,21 @@ pub struct Models {
     pub drafter_path: PathBuf,
     /// Whether the drafter is the target itself (self-speculation: loaded once).
     pub same: bool,
+    /// Where their layers are.
+    pub offload: Offload,
 }
 
 impl Models {
-    /// Loads the target and, when it is another file, the drafter; refuses a drafter whose
-    /// vocabulary differs from the target's.
+    /// Loads the target and, when it is another file, the drafter, on this machine; refuses a
+    /// drafter whose vocabulary differs from the target's.
     pub fn load(target: &Path, drafter: Option<&Path>, gpu_layers: i32) -> Result<Self> {
+        Self::load_on(target, drafter, &Offload::local(gpu_layers))
+    }
+
+    /// Like [`Models::load`], with the layers placed as `offload` says.
+    pub fn load_on(target: &Path, drafter: Option<&Path>, offload: &Offload) -> Result<Self> {
+        let gpu_layers = offload.gpu_layers;
+        let load_model = |path: &Path, _: i32, vocab_only| load_model_on(path, offload, vocab_only);
         let target_model: &'static LlamaModel =
             Box::leak(Box::new(load_model(target, gpu_layers, false)?));
         let same = drafter.is_none_or(|d| same_file(d, target));
@@ -148,6 +223,7 @@ impl Models {
             target_path: target.to_path_buf(),
             drafter_path,
             same,
+            offload: offload.clone(),
         })
     }
 }
@@ -193,22 +269,46 @@ pub fn check_same_vocab(
 /// Where llama.cpp runs a model of `n_layer` layers loaded with `gpu_layers` (-1: all), in words
 /// for the user: the GPU with its memory and the layers on it, or the CPU and why (this build
 /// has no CUDA, no GPU was found, or offloading is off).
-pub fn placement(n_layer: u32, gpu_layers: i32, threads: u32) -> String {
+pub fn placement(n_layer: u32, offload: &Offload, threads: u32) -> String {
     let cpu = |why: &str| format!("CPU, {threads} threads ({why})");
-    if !backend().is_ok_and(|b| b.supports_gpu_offload()) {
-        return cpu("this build has no CUDA");
+    let devices = offload.devices().unwrap_or_default();
+    if devices.is_empty() {
+        return cpu(if has_cuda() {
+            "a GPU build, but no GPU was found"
+        } else {
+            "this build has no CUDA"
+        });
     }
-    let gpus = super::memory::gpus();
-    let Some(gpu) = gpus.first() else {
-        return cpu("a GPU build, but no GPU was found");
-    };
-    if gpu_layers == 0 {
+    if offload.gpu_layers == 0 {
         return cpu("gpu_layers = 0");
     }
-    let on_gpu = u32::try_from(gpu_layers).map_or(n_layer, |g| g.min(n_layer));
-    format!(
-        "{} {} GiB, {on_gpu}/{n_layer} layers, KV on GPU",
-        gpu.name,
-        gpu.total >> 30
-    )
+    let gpus = super::memory::gpus();
+    let names: Vec<String> = devices
+        .iter()
+        .map(|d| {
+            if d.remote {
+                format!("{} worker {}", d.name, d.description)
+            } else {
+                let total = gpus
+                    .iter()
+                    .find(|g| g.name.starts_with(&d.name))
+                    .map_or(0, |g| g.total >> 30);
+                format!("{} {} {total} GiB", d.name, d.description)
+            }
+        })
+        .collect();
+    let on_gpu = u32::try_from(offload.gpu_layers).map_or(n_layer, |g| g.min(n_layer));
+    let kv = if devices.iter().any(|d| d.remote) {
+        "KV with the layers"
+    } else {
+        "KV on GPU"
+    };
+    format!("{}, {on_gpu}/{n_layer} layers, {kv}", names.join(", "))
+}
+
+/// Whether this build has llama.cpp's CUDA backend.
+fn has_cuda() -> bool {
+    // SAFETY: a lookup by a NUL-terminated name in llama.cpp's registry.
+    backend().is_ok()
+        && !unsafe { llama_cpp_sys_2::ggml_backend_reg_by_name(c"CUDA".as_ptr()) }.is_null()
 }

@@ -194,8 +194,17 @@ impl Runtime {
         corpus.spawn_ingest(updates_tx)?;
         let (replies_tx, replies) = crossbeam_channel::unbounded();
         let history = History::for_folder(&dirs, &corpus.root);
+        let workers = config.gpu.rpc.clone();
+        let load = move |with_workers: bool| {
+            let mut config = config.clone();
+            if !with_workers {
+                config.gpu.rpc.clear();
+            }
+            Engine::load(&config, &dirs)
+        };
         let worker = Worker::spawn(
-            move || Engine::load(&config, &dirs),
+            std::sync::Arc::new(load),
+            workers,
             corpus.index.clone(),
             replies_tx,
         )?;

@@ -73,41 +73,107 @@ pub enum Reply {
     Event(Event),
     Finished(Box<Answer>),
     Failed(String),
+    /// A worker (llama.cpp RPC) stopped answering: the answer in progress, if any, is lost, and
+    /// the engine loads again on this machine alone (a `Loaded` follows).
+    WorkerLost(String),
 }
+
+/// How the engine thread loads the engine: with the configured workers (true), or on this
+/// machine alone after a worker failed (false).
+pub type Load = dyn Fn(bool) -> Result<Engine> + Send + Sync;
 
 /// The UI's handle on the engine thread.
 pub struct Worker {
-    requests: Sender<Request>,
+    requests: Arc<std::sync::Mutex<Sender<Request>>>,
     cancel: Arc<AtomicBool>,
 }
 
 impl Worker {
     /// Starts the thread: it builds the engine with `load` (slow: models), then serves requests
-    /// against `index` until the handle is dropped.
+    /// against `index` until the handle is dropped. When one of `workers` fails, the failure is
+    /// reported and a new engine thread, loaded without workers, takes the requests.
     pub fn spawn(
-        load: impl FnOnce() -> Result<Engine> + Send + 'static,
+        load: Arc<Load>,
+        workers: Vec<String>,
         index: CorpusIndex,
         replies: Sender<Reply>,
     ) -> Result<Self> {
-        let (requests, rx) = crossbeam_channel::unbounded();
         let cancel = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&cancel);
-        std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || serve(load, index, rx, replies, flag))?;
+        let requests = Arc::new(std::sync::Mutex::new(start(
+            Arc::clone(&load),
+            true,
+            index.clone(),
+            replies.clone(),
+            Arc::clone(&cancel),
+        )?));
+        if !workers.is_empty() {
+            let (failures, failed) = crossbeam_channel::unbounded();
+            crate::llm::rpc::on_failure(move |f| {
+                let _ = failures.send(f);
+            });
+            let requests = Arc::clone(&requests);
+            let cancel = Arc::clone(&cancel);
+            std::thread::Builder::new()
+                .name("workers".into())
+                .spawn(move || {
+                    // Only the first failure matters: the next engine has no workers.
+                    let Ok(failure) = failed.recv() else {
+                        return;
+                    };
+                    let message = lost(&workers, &failure);
+                    tracing::error!(%message, "worker lost");
+                    let _ = replies.send(Reply::WorkerLost(message));
+                    match start(load, false, index, replies.clone(), cancel) {
+                        Ok(next) => {
+                            *requests.lock().unwrap_or_else(|e| e.into_inner()) = next;
+                        }
+                        Err(e) => {
+                            let _ = replies.send(Reply::LoadFailed(format!("{e:#}")));
+                        }
+                    }
+                })?;
+        }
         Ok(Self { requests, cancel })
     }
 
     /// Asks a question; events follow on the replies channel.
     pub fn ask(&self, request: Request) {
         self.cancel.store(false, Ordering::SeqCst);
-        let _ = self.requests.send(request);
+        let _ = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(request);
     }
 
     /// Stops the answer in progress (prefill or generation) as soon as the loop sees it.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
     }
+}
+
+/// Starts an engine thread; returns where to send it requests.
+fn start(
+    load: Arc<Load>,
+    with_workers: bool,
+    index: CorpusIndex,
+    replies: Sender<Reply>,
+    cancel: Arc<AtomicBool>,
+) -> Result<Sender<Request>> {
+    let (requests, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || serve(move || load(with_workers), index, rx, replies, cancel))?;
+    Ok(requests)
+}
+
+/// What to tell the user when a worker failed, and what happens next.
+fn lost(workers: &[String], failure: &crate::llm::rpc::Failure) -> String {
+    format!(
+        "{}. Continuing without workers: the model is loading on this machine; ask again once \
+         it is loaded.",
+        crate::llm::rpc::describe_failure(workers, failure)
+    )
 }
 
 fn serve(

@@ -29,8 +29,6 @@ pub struct Engine {
     sizes: sizing::Sizes,
     /// Whether llama.cpp offloads to a GPU.
     pub gpu: bool,
-    /// Layers asked to be offloaded (-1: all).
-    gpu_layers: i32,
     /// Where the target's state after the documents is saved (None: not saved).
     kv: Option<KvCache>,
     /// Identifies the target model in cache keys.
@@ -93,7 +91,8 @@ fn choose_sizes(
     };
     let draft_needs =
         prompt::draft_needs(models.target, config.retrieval_budget, config.max_tokens)?;
-    let room = memory::room_now(models.target, config.gpu_layers).map(|r| memory::Room {
+    let remote = !models.offload.rpc.is_empty();
+    let room = memory::room_now(models.target, config.gpu_layers, remote).map(|r| memory::Room {
         bytes: r.bytes + held,
         ..r
     });
@@ -144,10 +143,10 @@ impl Engine {
     /// makes their contexts, with the corpus KV cache as configured.
     pub fn load(config: &Config, dirs: &Dirs) -> Result<Self> {
         let target = crate::llm::fetch::model_path(config.model.as_deref(), &dirs.models())?;
-        let models = Models::load(
+        let models = Models::load_on(
             &target,
             config.draft_model.as_deref(),
-            config.engine.gpu_layers,
+            &crate::llm::model::Offload::of(config.engine.gpu_layers, &config.gpu),
         )?;
         let mut engine = Self::new(models, &config.engine)?;
         engine.set_kv_cache(kv_cache(&config.engine, dirs.kv_cache()));
@@ -158,7 +157,9 @@ impl Engine {
     /// [`sizing::BEFORE_THE_CORPUS`] tokens, if they fit, until [`Engine::prepare`] sees the
     /// corpus).
     pub fn new(models: Models, config: &EngineConfig) -> Result<Self> {
-        let gpu = crate::llm::backend()?.supports_gpu_offload() && config.gpu_layers != 0;
+        crate::llm::backend()?;
+        let devices = models.offload.devices()?;
+        let gpu = !devices.is_empty() && config.gpu_layers != 0;
         let threads = if config.threads > 0 {
             config.threads
         } else {
@@ -169,9 +170,12 @@ impl Engine {
         let contexts = ContextSettings {
             n_ctx: sizes.target,
             threads,
-            flash_attention: gpu,
+            // Flash attention where a GPU of this machine computes; workers serving a CPU
+            // compute as this CPU would.
+            flash_attention: gpu && devices.iter().any(|d| !d.remote),
             kv_type: config.kv_type,
             gpu,
+            remote: devices.iter().any(|d| d.remote),
         };
         let target = Context::new(models.target, contexts)?;
         let drafter = Context::new(
@@ -189,7 +193,6 @@ impl Engine {
             contexts,
             sizes,
             gpu,
-            gpu_layers: config.gpu_layers,
             kv: None,
             model_id,
             last_view: Vec::new(),
@@ -338,7 +341,7 @@ impl Engine {
     pub fn device(&self) -> String {
         crate::llm::model::placement(
             self.models.target.n_layer(),
-            self.gpu_layers,
+            &self.models.offload,
             self.contexts.threads,
         )
     }

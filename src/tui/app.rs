@@ -152,9 +152,11 @@ impl App {
                 vec![]
             }
             AppEvent::Engine(reply) => {
-                if matches!(reply, Reply::Started { .. }) {
+                match &reply {
                     // A new answer's sources: the selection starts at the best.
-                    self.selected_source = 0;
+                    Reply::Started { .. } => self.selected_source = 0,
+                    Reply::WorkerLost(message) => self.notice = Some(message.clone()),
+                    _ => {}
                 }
                 self.chat(ChatEvent::Engine(reply))
             }

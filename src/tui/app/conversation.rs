@@ -239,6 +239,20 @@ impl Conversation {
                 self.engine_error = Some(e);
                 vec![]
             }
+            (_, Reply::WorkerLost(e)) => {
+                // The answer in progress will not come; the engine reloads on this machine (a
+                // Loaded follows), meanwhile questions wait as while loading.
+                let failed = self.streaming().map(|last| {
+                    last.status = AnswerStatus::Failed(e);
+                });
+                self.turn = S::Idle;
+                self.engine = None;
+                if failed.is_some() {
+                    vec![Effect::Persist]
+                } else {
+                    vec![]
+                }
+            }
             // Nothing of a turn comes after its end: a stray reply must not start a turn that
             // would then never finish.
             (S::Idle, _) => vec![],
@@ -471,6 +485,40 @@ mod tests {
             "the partial answer stays"
         );
         assert!(c.markdown("docs").contains("_(cancelled)_"));
+    }
+
+    #[test]
+    fn a_lost_worker_fails_the_turn_and_the_next_question_waits_for_the_reload() {
+        let info = EngineInfo {
+            target: "m.gguf".into(),
+            drafter: "m.gguf".into(),
+            self_speculation: true,
+            device: "RPC0 worker 127.0.0.1:50053, 30/30 layers, KV with the layers".into(),
+            target_ctx: 2048,
+            draft_ctx: 1024,
+            ctx_bound: "set".into(),
+        };
+        let mut c = Conversation::default();
+        reply(&mut c, Reply::Loaded(info.clone()));
+        ask(&mut c, "q").unwrap();
+        let effects = reply(
+            &mut c,
+            Reply::WorkerLost("worker 127.0.0.1:50053 stopped".into()),
+        );
+        assert_eq!(effects, vec![Effect::Persist]);
+        assert_eq!(c.turn, TurnState::Idle);
+        assert!(
+            c.engine.is_none(),
+            "the sidebar shows the model loading again"
+        );
+        assert!(matches!(
+            &c.entries[0].status,
+            AnswerStatus::Failed(e) if e.contains("50053")
+        ));
+        // While idle, the loss fails nothing; the reloaded engine takes the next question.
+        assert!(reply(&mut c, Reply::WorkerLost("again".into())).is_empty());
+        reply(&mut c, Reply::Loaded(info));
+        assert!(ask(&mut c, "q2").is_ok());
     }
 
     #[test]
