@@ -332,3 +332,52 @@ fn the_chat_survives_a_lost_worker_and_answers_without_it() {
         }
     }
 }
+
+#[test]
+fn a_worker_on_an_open_address_warns_and_a_busy_port_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(common::exe())
+        .env("RAPID_CHAT_CACHE_DIR", cache.path())
+        .env("RAPID_CHAT_CONFIG_DIR", cache.path().join("config"))
+        .args(["worker", "--host", "0.0.0.0", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    while rapid_chat::llm::rpc::check_worker(&addr, Duration::from_secs(1)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The port is taken now: a second worker on it says so.
+    let out = Command::new(common::exe())
+        .env("RAPID_CHAT_CACHE_DIR", cache.path())
+        .env("RAPID_CHAT_CONFIG_DIR", cache.path().join("config"))
+        .args(["worker", "--port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen") && err.contains(&port.to_string()),
+        "{err}"
+    );
+    child.kill().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = child.wait();
+    assert!(
+        err.contains("no authentication") && err.contains("SSH tunnel"),
+        "{err}"
+    );
+}
