@@ -104,7 +104,8 @@ pub fn load_model_on(path: &Path, offload: &Offload, vocab_only: bool) -> Result
     } else {
         offload.devices()?
     };
-    if !vocab_only {
+    // With workers the weights are split beyond this machine's GPUs: theirs to refuse.
+    if !vocab_only && offload.rpc.is_empty() {
         super::memory::check_weights_fit(path, offload.gpu_layers, &super::memory::gpus())?;
     }
     let layers = u32::try_from(offload.gpu_layers).unwrap_or(u32::MAX);
