@@ -55,6 +55,15 @@ impl std::fmt::Display for SplitMode {
     }
 }
 
+/// Whether ggml-rpc can use `endpoint` as a worker's address: HOST:PORT with an IPv4 address or
+/// a host name (its parser splits at the first colon: no IPv6).
+pub fn valid_endpoint(endpoint: &str) -> bool {
+    matches!(
+        endpoint.split_once(':'),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+    )
+}
+
 /// Command-line flags over the config's `[gpu]` section: a flag given wins.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct GpuFlags {
@@ -531,10 +540,10 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!("engine.{e}"))?;
         for worker in &self.gpu.rpc {
-            let port = worker.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
             anyhow::ensure!(
-                matches!(port, Some(Ok(p)) if p > 0),
-                "gpu.rpc: {worker:?} is not HOST:PORT (for example 192.168.1.20:50052)"
+                valid_endpoint(worker),
+                "gpu.rpc: {worker:?} is not HOST:PORT with an IPv4 address or a host name (for \
+                 example 192.168.1.20:50052)"
             );
         }
         let t = &self.tui;

@@ -87,3 +87,20 @@ fn a_missing_default_config_means_defaults_but_a_missing_given_one_is_an_error()
     assert_eq!(Config::load(None, &dir("none")).unwrap(), Config::default());
     assert!(Config::load(Some(&dir("nope.toml")), &dir("none")).is_err());
 }
+
+#[test]
+fn worker_addresses_are_what_ggml_rpc_parses() {
+    for ok in ["127.0.0.1:50052", "gpu-box:1", "10.0.0.2:65535"] {
+        assert!(rapid_chat::config::valid_endpoint(ok), "{ok}");
+    }
+    for bad in [
+        "gpu-box",
+        ":50052",
+        "[::1]:50052",
+        "host:0",
+        "host:port",
+        "h:70000",
+    ] {
+        assert!(!rapid_chat::config::valid_endpoint(bad), "{bad}");
+    }
+}

@@ -311,7 +311,7 @@ impl Context {
 /// its allocator, or the system would kill the process while the cache fills).
 fn check_memory(model: &LlamaModel, spec: ContextSettings) -> Result<()> {
     let layers = if spec.gpu { -1 } else { 0 };
-    let Some(room) = memory::room_now(model, layers, spec.remote) else {
+    let Some(room) = memory::room_now(model, layers, spec.remote, 0) else {
         return Ok(());
     };
     let need =

@@ -155,23 +155,26 @@ pub fn room(gpu_share: f64, gpus: &[Gpu], ram: Option<u64>) -> Option<Room> {
 }
 
 /// The room for the KV caches of `model` loaded with `gpu_layers` (-1: all) in this build and
-/// machine, now; None where workers hold layers (their memory is theirs to report).
-pub fn room_now(model: &LlamaModel, gpu_layers: i32, remote: bool) -> Option<Room> {
+/// machine, now, counting `held` bytes of caches about to be freed as free; None where workers
+/// hold layers (their memory is theirs to report).
+pub fn room_now(model: &LlamaModel, gpu_layers: i32, remote: bool, held: u64) -> Option<Room> {
     if remote {
         return None;
     }
-    let gpus = gpus();
+    let mut gpus = gpus();
     let n_layer = model.n_layer().max(1);
     let on_gpu = if gpus.is_empty() {
         0
     } else {
         u32::try_from(gpu_layers).map_or(n_layer, |g| g.min(n_layer))
     };
-    room(
-        f64::from(on_gpu) / f64::from(n_layer),
-        &gpus,
-        available_ram(),
-    )
+    let share = f64::from(on_gpu) / f64::from(n_layer);
+    // The held caches free up where they live, in the same shares.
+    if let Some(g) = gpus.first_mut() {
+        g.free += (held as f64 * share) as u64;
+    }
+    let ram = available_ram().map(|r| r + (held as f64 * (1.0 - share)) as u64);
+    room(share, &gpus, ram)
 }
 
 /// GiB, for messages.

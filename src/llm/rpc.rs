@@ -110,27 +110,33 @@ static ADDED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Checks each worker, then adds it to llama.cpp's devices. Returns the names of the devices
 /// the workers serve, for [`super::model::load_model`] to use with the local ones.
 pub fn add_workers(endpoints: &[String]) -> Result<Vec<String>> {
+    if endpoints.is_empty() {
+        return Ok(Vec::new());
+    }
     super::backend()?;
-    let mut added = ADDED.lock().unwrap_or_else(|e| e.into_inner());
+    let added = |e: &String| ADDED.lock().unwrap_or_else(|p| p.into_inner()).contains(e);
     for endpoint in endpoints {
-        if added.contains(endpoint) {
+        if added(endpoint) {
             continue;
         }
         check_worker(endpoint, CONNECT_TIMEOUT)?;
         let c = CString::new(endpoint.as_str()).context("a worker address holds a NUL")?;
         install_abort_hook();
+        // No lock is held here: ggml-rpc talks to the worker, and a failure parks this thread.
         // SAFETY: a NUL-terminated string; ggml-rpc copies it. The worker answered the
         // handshake just now, so the connection llama.cpp makes is expected to succeed.
         let reg = unsafe { ggml_backend_rpc_add_server(c.as_ptr()) };
         if reg.is_null() {
-            bail!("llama.cpp could not add worker {endpoint}");
+            bail!("llama.cpp could not add worker {endpoint}: it serves no device");
         }
         // SAFETY: a registry ggml-rpc made, registered once.
         unsafe { llama_cpp_sys_2::ggml_backend_register(reg) };
-        added.push(endpoint.clone());
+        ADDED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(endpoint.clone());
         tracing::info!(worker = %endpoint, "RPC worker added");
     }
-    drop(added);
     Ok(worker_devices(endpoints))
 }
 
@@ -241,17 +247,27 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { _exit(code) }
 }
 
-/// The workers among `endpoints` that no longer accept connections.
+/// The workers among `endpoints` that no longer accept connections. A worker that just died may
+/// still hold its listening socket for a moment after its connection closed: each is tried a
+/// few times, a quarter of a second apart, and one refusal is enough.
 pub fn unreachable(endpoints: &[String]) -> Vec<String> {
-    endpoints
-        .iter()
-        .filter(|e| {
-            !e.to_socket_addrs().is_ok_and(|mut a| {
-                a.any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
-            })
+    let refuses = |e: &String| {
+        !e.to_socket_addrs().is_ok_and(|mut a| {
+            a.any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
         })
-        .cloned()
-        .collect()
+    };
+    let mut dead: Vec<String> = Vec::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        for e in endpoints {
+            if !dead.contains(e) && refuses(e) {
+                dead.push(e.clone());
+            }
+        }
+    }
+    dead
 }
 
 /// Serves this machine's devices (its GPUs, or else its CPU with `threads` threads) to one

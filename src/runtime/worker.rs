@@ -99,6 +99,14 @@ impl Worker {
         replies: Sender<Reply>,
     ) -> Result<Self> {
         let cancel = Arc::new(AtomicBool::new(false));
+        // The failure handler is in place before any worker is used.
+        let failed = (!workers.is_empty()).then(|| {
+            let (failures, failed) = crossbeam_channel::unbounded();
+            crate::llm::rpc::on_failure(move |f| {
+                let _ = failures.send(f);
+            });
+            failed
+        });
         let requests = Arc::new(std::sync::Mutex::new(start(
             Arc::clone(&load),
             true,
@@ -106,11 +114,7 @@ impl Worker {
             replies.clone(),
             Arc::clone(&cancel),
         )?));
-        if !workers.is_empty() {
-            let (failures, failed) = crossbeam_channel::unbounded();
-            crate::llm::rpc::on_failure(move |f| {
-                let _ = failures.send(f);
-            });
+        if let Some(failed) = failed {
             let requests = Arc::clone(&requests);
             let cancel = Arc::clone(&cancel);
             std::thread::Builder::new()
@@ -122,12 +126,15 @@ impl Worker {
                     };
                     let message = lost(&workers, &failure);
                     tracing::error!(%message, "worker lost");
-                    let _ = replies.send(Reply::WorkerLost(message));
+                    // The new engine takes requests before the UI hears of the loss, so that no
+                    // question goes to the engine that waits on the dead worker.
                     match start(load, false, index, replies.clone(), cancel) {
                         Ok(next) => {
                             *requests.lock().unwrap_or_else(|e| e.into_inner()) = next;
+                            let _ = replies.send(Reply::WorkerLost(message));
                         }
                         Err(e) => {
+                            let _ = replies.send(Reply::WorkerLost(message));
                             let _ = replies.send(Reply::LoadFailed(format!("{e:#}")));
                         }
                     }
@@ -169,9 +176,15 @@ fn start(
 
 /// What to tell the user when a worker failed, and what happens next.
 fn lost(workers: &[String], failure: &crate::llm::rpc::Failure) -> String {
+    // The engine that waits on the dead worker keeps what it holds on this machine.
+    let gpu = if crate::llm::memory::gpus().is_empty() {
+        ""
+    } else {
+        " (what the lost engine holds on this machine's GPU stays taken until rapid-chat restarts)"
+    };
     format!(
-        "{}. Continuing without workers: the model is loading on this machine; ask again once \
-         it is loaded.",
+        "{}. Continuing without workers: the model is loading on this machine{gpu}; ask again \
+         once it is loaded.",
         crate::llm::rpc::describe_failure(workers, failure)
     )
 }

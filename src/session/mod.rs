@@ -92,10 +92,7 @@ fn choose_sizes(
     let draft_needs =
         prompt::draft_needs(models.target, config.retrieval_budget, config.max_tokens)?;
     let remote = !models.offload.rpc.is_empty();
-    let room = memory::room_now(models.target, config.gpu_layers, remote).map(|r| memory::Room {
-        bytes: r.bytes + held,
-        ..r
-    });
+    let room = memory::room_now(models.target, config.gpu_layers, remote, held);
     sizing::choose(&sizing::Inputs {
         ctx: config.ctx,
         draft_ctx: config.draft_ctx,
@@ -104,6 +101,8 @@ fn choose_sizes(
         corpus_needs,
         draft_needs: u32::try_from(draft_needs).unwrap_or(u32::MAX),
         room,
+        // Vanilla SD's drafter reads the target's prompt: its cache is as large.
+        draft_as_large: config.mode == Mode::Sd,
     })
 }
 
@@ -210,36 +209,45 @@ impl Engine {
     /// would take at most three quarters (its cache is lost either way); a set size is taken as
     /// it is. Vanilla SD's drafter reads the target's prompt: it gets the target's size.
     fn fit(&mut self, index: &CorpusIndex, settings: &EngineConfig) -> Result<()> {
+        let held = kv_bytes(self.models.target, settings, self.target.n_ctx())
+            + kv_bytes(self.models.drafter, settings, self.drafter.n_ctx());
         let corpus = match settings.ctx {
             CtxSize::Auto => {
+                // The reserve depends on the drafter's size: chosen first.
+                let draft = choose_sizes(&self.models, settings, None, held)?.draft;
                 let need = prompt::corpus_needs(
                     self.models.target,
                     index,
                     settings.max_tokens,
-                    self.sizes.draft as usize,
+                    draft as usize,
                 )?;
                 Some(u32::try_from(need).unwrap_or(u32::MAX))
             }
             CtxSize::Tokens(_) => None,
         };
-        let held = kv_bytes(self.models.target, settings, self.target.n_ctx())
-            + kv_bytes(self.models.drafter, settings, self.drafter.n_ctx());
         let sizes = choose_sizes(&self.models, settings, corpus, held)?;
         let (old, new) = (self.sizes.target, sizes.target);
         let resize_target = match settings.ctx {
-            CtxSize::Auto => new > old || u64::from(new) * 4 <= u64::from(old) * 3,
+            // Growing costs the cached documents: only for the whole corpus, or an eighth more.
+            CtxSize::Auto if new > old => {
+                matches!(sizes.target_bound, sizing::Bound::Corpus(_)) || (new - old) * 8 >= old
+            }
+            CtxSize::Auto => u64::from(new) * 4 <= u64::from(old) * 3,
             CtxSize::Tokens(_) => new != old,
         };
+        let target_n_ctx = if resize_target { new } else { old };
         let draft_n_ctx = if settings.mode == Mode::Sd {
-            if resize_target { new } else { old }
+            target_n_ctx
         } else {
             sizes.draft
         };
-        let resize_drafter = draft_n_ctx > self.sizes.draft.max(self.drafter_size())
+        let resize_drafter = draft_n_ctx > self.drafter_size()
             || (settings.draft_ctx != CtxSize::Auto && sizes.draft != self.sizes.draft);
         if resize_target {
             tracing::info!(from = old, to = new, why = %sizes.target_bound, "resizing the target context");
             self.contexts.n_ctx = new;
+            // Until the new one exists the slot holds a placeholder: a failure retries next time.
+            self.sizes.target = 256;
             replace(&mut self.target, self.models.target, self.contexts)?;
             self.sizes.target = new;
         }

@@ -39,6 +39,8 @@ pub struct Inputs {
     pub draft_needs: u32,
     /// Where the caches live and how much they may take (None: unknown, not checked).
     pub room: Option<Room>,
+    /// Whether the drafter's context is as large as the target's (vanilla SD).
+    pub draft_as_large: bool,
 }
 
 /// What bound a context's size.
@@ -173,15 +175,25 @@ pub fn choose(i: &Inputs) -> Result<Sizes> {
                 ),
             ];
             if let Some(room) = &i.room {
-                let left = room.bytes.saturating_sub(kv(0, draft));
-                let fits = left / i.target.bytes_per_token.max(1);
+                let (left, per_token) = if i.draft_as_large {
+                    (
+                        room.bytes,
+                        i.target.bytes_per_token + i.drafter.bytes_per_token,
+                    )
+                } else {
+                    (
+                        room.bytes.saturating_sub(kv(0, draft)),
+                        i.target.bytes_per_token,
+                    )
+                };
+                let fits = left / per_token.max(1);
                 limits.push((round_down(fits), memory(room, left)));
             }
             tightest(limits)
         }
     };
     if let Some(room) = &i.room {
-        let need = kv(target, draft);
+        let need = kv(target, if i.draft_as_large { target } else { draft });
         if target < MIN || need > room.bytes {
             bail!(
                 "a target context of {target} tokens and a drafter context of {draft} need \
@@ -227,6 +239,7 @@ mod tests {
                 place: "free RAM".into(),
                 free: bytes * 2,
             }),
+            draft_as_large: false,
         }
     }
 
@@ -269,6 +282,31 @@ mod tests {
         assert!(s.target < 8192);
         assert!(matches!(&s.target_bound, Bound::Memory { place, .. } if place == "free RAM"));
         assert!(s.describe().contains("free RAM"), "{}", s.describe());
+    }
+
+    #[test]
+    fn vanilla_sd_counts_a_drafter_as_large_as_the_target() {
+        let room = 64 * MIB;
+        let i = Inputs {
+            draft_as_large: true,
+            ..inputs(CtxSize::Auto, CtxSize::Auto, Some(50_000), Some(room))
+        };
+        let s = choose(&i).unwrap();
+        let used = 2 * u64::from(s.target) * SMOL.bytes_per_token;
+        assert!(used <= room && room - used < 2 * u64::from(STEP) * SMOL.bytes_per_token);
+        let set = Inputs {
+            draft_as_large: true,
+            ..inputs(2048.into(), 512.into(), None, Some(room))
+        };
+        // 2048 + 2048 tokens take 90 MiB: more than the room, though 2048 + 512 would fit.
+        assert!(choose(&set).is_err());
+        assert!(
+            choose(&Inputs {
+                draft_as_large: false,
+                ..set
+            })
+            .is_ok()
+        );
     }
 
     #[test]
