@@ -103,6 +103,7 @@ fn choose_sizes(
         room,
         // Vanilla SD's drafter reads the target's prompt: its cache is as large.
         draft_as_large: config.mode == Mode::Sd,
+        cpu_only: config.gpu_layers == 0 || models.offload.devices()?.is_empty(),
     })
 }
 

@@ -16,6 +16,11 @@ const MIN: u32 = 256;
 /// The target's size while the corpus is not known yet (the engine loads while it is read).
 pub const BEFORE_THE_CORPUS: u32 = 8192;
 
+/// The largest auto-sized target on a CPU: reading the documents runs at a few hundred tokens a
+/// second there (16K tokens of Gemma 3 270M took 92 s on 2 cores), so more would keep the first
+/// answer waiting for minutes. A larger context can still be set.
+pub const CPU_MAX: u32 = 8192;
+
 /// What one model brings to the choice.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelFacts {
@@ -41,6 +46,8 @@ pub struct Inputs {
     pub room: Option<Room>,
     /// Whether the drafter's context is as large as the target's (vanilla SD).
     pub draft_as_large: bool,
+    /// Whether the target runs on the CPU (no layer offloaded).
+    pub cpu_only: bool,
 }
 
 /// What bound a context's size.
@@ -59,6 +66,8 @@ pub enum Bound {
     Memory { place: String, bytes: u64 },
     /// Auto, before the corpus is read.
     Provisional,
+    /// Auto on a CPU: the first answer's wait ([`CPU_MAX`]).
+    Cpu(u32),
 }
 
 impl Bound {
@@ -71,6 +80,7 @@ impl Bound {
             Self::Trained(_) => "trained length",
             Self::Memory { .. } => "memory",
             Self::Provisional => "until read",
+            Self::Cpu(_) => "CPU speed",
         }
     }
 }
@@ -90,6 +100,11 @@ impl std::fmt::Display for Bound {
             Self::Trained(n) => write!(f, "auto: the model's trained length, {n}"),
             Self::Memory { place, bytes } => write!(f, "auto: {} of {place}", gib(*bytes)),
             Self::Provisional => f.write_str("auto: until the corpus is read"),
+            Self::Cpu(n) => write!(
+                f,
+                "auto: at most {n} on a CPU, where reading more documents keeps the first answer \
+                 waiting for minutes"
+            ),
         }
     }
 }
@@ -174,6 +189,9 @@ pub fn choose(i: &Inputs) -> Result<Sizes> {
                     Bound::Trained(i.target.trained),
                 ),
             ];
+            if i.cpu_only {
+                limits.push((CPU_MAX, Bound::Cpu(CPU_MAX)));
+            }
             if let Some(room) = &i.room {
                 let (left, per_token) = if i.draft_as_large {
                     (
@@ -240,6 +258,7 @@ mod tests {
                 free: bytes * 2,
             }),
             draft_as_large: false,
+            cpu_only: false,
         }
     }
 
@@ -307,6 +326,43 @@ mod tests {
             })
             .is_ok()
         );
+    }
+
+    #[test]
+    fn on_a_cpu_auto_stops_where_the_first_answer_would_wait_for_minutes() {
+        let long = ModelFacts {
+            trained: 32_768,
+            ..SMOL
+        };
+        let i = Inputs {
+            target: long,
+            cpu_only: true,
+            ..inputs(CtxSize::Auto, CtxSize::Auto, Some(50_000), None)
+        };
+        let s = choose(&i).unwrap();
+        assert_eq!((s.target, s.target_bound), (CPU_MAX, Bound::Cpu(CPU_MAX)));
+        // A small corpus still binds first; a GPU lifts the cap; a set size is taken.
+        let small = choose(&Inputs {
+            corpus_needs: Some(3000),
+            ..i.clone()
+        })
+        .unwrap();
+        assert_eq!(small.target_bound, Bound::Corpus(3000));
+        let gpu = choose(&Inputs {
+            cpu_only: false,
+            ..i.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            (gpu.target, gpu.target_bound),
+            (32_768, Bound::Trained(32_768))
+        );
+        let set = choose(&Inputs {
+            ctx: 16_384.into(),
+            ..i
+        })
+        .unwrap();
+        assert_eq!(set.target, 16_384);
     }
 
     #[test]
