@@ -367,6 +367,7 @@ fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()
 /// Serves this machine's devices until killed; warns when the address is not this machine only.
 fn worker_command(ctx: &Ctx, host: &str, port: u16, threads: usize) -> Result<()> {
     use rapid_chat::llm::rpc;
+    let host = &rpc::worker_host(host)?;
     if !rpc::is_loopback(host) {
         eprintln!(
             "warning: llama.cpp's RPC protocol has no authentication and no encryption: anyone \

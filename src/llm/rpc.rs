@@ -278,6 +278,8 @@ pub fn serve(
     threads: usize,
     cache_dir: Option<&std::path::Path>,
 ) -> Result<()> {
+    let host = worker_host(host)?;
+    let host = host.as_str();
     super::backend()?;
     // llama.cpp's server says only "Failed to create server socket": the address is checked here.
     std::net::TcpListener::bind((host, port)).with_context(|| {
@@ -324,6 +326,23 @@ pub fn serve(
         );
     }
     bail!("llama.cpp's RPC server stopped (see the log above)")
+}
+
+/// The address a worker can listen on: ggml-rpc's server takes IPv4 addresses only
+/// (`localhost` is 127.0.0.1).
+pub fn worker_host(host: &str) -> Result<String> {
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    if host.parse::<std::net::Ipv4Addr>().is_err() {
+        bail!(
+            "--host {host:?}: a worker listens on an IPv4 address (127.0.0.1, the default; \
+             0.0.0.0; or one of this machine's)"
+        );
+    }
+    Ok(host.to_owned())
 }
 
 /// Whether `host` is this machine only (loopback).
@@ -415,6 +434,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn a_worker_listens_on_ipv4_addresses_only() {
+        assert_eq!(worker_host("localhost").unwrap(), "127.0.0.1");
+        assert_eq!(worker_host("0.0.0.0").unwrap(), "0.0.0.0");
+        for bad in ["::1", "gpu-box", ""] {
+            let e = worker_host(bad).unwrap_err().to_string();
+            assert!(e.contains("IPv4"), "{bad}: {e}");
+        }
     }
 
     #[test]
