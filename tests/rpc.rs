@@ -50,17 +50,32 @@ fn worker(cache: &std::path::Path) -> Worker {
         .stderr(Stdio::null())
         .spawn()
         .expect("start a worker");
-    let w = Worker { child, addr };
+    wait_serving(&addr);
+    Worker { child, addr }
+}
+
+/// What a finished or killed child wrote to stderr.
+fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+/// Waits until a worker at `addr` answers the handshake.
+fn wait_serving(addr: &str) {
     let started = Instant::now();
-    while rapid_chat::llm::rpc::check_worker(&w.addr, Duration::from_secs(1)).is_err() {
+    while rapid_chat::llm::rpc::check_worker(addr, Duration::from_secs(1)).is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the worker at {} did not start",
-            w.addr
+            "the worker at {addr} did not start"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    w
 }
 
 /// A small real folder: the first part of the demo's llama-server manual.
@@ -213,13 +228,7 @@ fn a_worker_killed_mid_answer_fails_the_ask_command_with_its_name() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!status.success());
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert!(
         err.contains(&format!("worker {}", b.addr)) && err.contains("stopped answering"),
         "{err}"
@@ -345,15 +354,7 @@ fn a_worker_on_an_open_address_warns_and_a_busy_port_is_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let started = Instant::now();
-    while rapid_chat::llm::rpc::check_worker(&addr, Duration::from_secs(1)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the worker did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_serving(&format!("127.0.0.1:{port}"));
     // The port is taken now: a second worker on it says so.
     let out = Command::new(common::exe())
         .env("RAPID_CHAT_CACHE_DIR", cache.path())
@@ -368,13 +369,7 @@ fn a_worker_on_an_open_address_warns_and_a_busy_port_is_refused() {
         "{err}"
     );
     child.kill().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     let _ = child.wait();
     assert!(
         err.contains("no authentication") && err.contains("SSH tunnel"),
