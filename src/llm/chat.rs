@@ -52,19 +52,68 @@ pub fn format(model: &LlamaModel, messages: &[Message]) -> Result<String> {
     Ok(plain(messages))
 }
 
-/// "System:/User:/Assistant:" paragraphs, for models without a chat template.
+/// Where a model answering in the plain layout starts a new turn of its own making: a base model
+/// does not end its answer, it goes on with "Question: ..." and answers that too.
+pub const PLAIN_NEXT_TURN: &str = "\nQuestion:";
+
+/// The text that ends an answer besides end-of-generation: the plain layout's next turn, for a
+/// model whose chat template is missing or fails (as [`format`] decides).
+pub fn turn_marker(model: &LlamaModel) -> Option<&'static str> {
+    let templated = model.chat_template(None).is_ok_and(|template| {
+        LlamaChatMessage::new("user".into(), "?".into())
+            .is_ok_and(|m| model.apply_chat_template(&template, &[m], true).is_ok())
+    });
+    (!templated).then_some(PLAIN_NEXT_TURN)
+}
+
+/// "Question:/Answer:" paragraphs after the system text, for models without a chat template. An
+/// earlier answer follows its "Answer:" exactly as it was generated after the prompt's "Answer:"
+/// (its own leading space, if any), so that a follow-up's prompt repeats the cached tokens of the
+/// previous turn and only its new tokens are decoded.
 pub fn plain(messages: &[Message]) -> String {
     let mut out = String::new();
     for m in messages {
-        let label = match m.role {
-            Role::System => "",
-            Role::User => "Question: ",
-            Role::Assistant => "Answer: ",
-        };
-        out.push_str(label);
+        match m.role {
+            Role::System => {}
+            // On a line of its own: the question's tokens are the same whether it is the last
+            // (tokenized apart from the layout) or an earlier turn's.
+            Role::User => out.push_str("Question:\n"),
+            Role::Assistant => {
+                out.push_str("Answer:");
+                if !m.content.starts_with(char::is_whitespace) {
+                    out.push(' ');
+                }
+            }
+        }
         out.push_str(&m.content);
         out.push_str("\n\n");
     }
     out.push_str("Answer:");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_prompt_continues_as_the_answer_was_generated() {
+        let turn = |answer: &str| {
+            plain(&[
+                Message::new(Role::System, "Docs."),
+                Message::new(Role::User, "Q1?"),
+                Message::new(Role::Assistant, answer),
+                Message::new(Role::User, "Q2?"),
+            ])
+        };
+        let first = plain(&[
+            Message::new(Role::System, "Docs."),
+            Message::new(Role::User, "Q1?"),
+        ]);
+        assert_eq!(first, "Docs.\n\nQuestion:\nQ1?\n\nAnswer:");
+        // What the model generated after "Answer:" comes back verbatim.
+        assert!(turn(" Port 8080.").starts_with(&format!("{first} Port 8080.\n\n")));
+        assert!(turn("Port 8080.").starts_with(&format!("{first} Port 8080.\n\n")));
+        assert!(turn(" Port 8080.").ends_with("Question:\nQ2?\n\nAnswer:"));
+    }
 }

@@ -114,6 +114,13 @@ pub fn generate(
         Vec::new()
     };
 
+    // A model without a chat template answers in the plain layout and goes on with a turn of
+    // its own: the answer ends where that turn starts, and its text is never shown.
+    // (`ignore_eos` runs every answer to its limit.)
+    let mut guard = crate::llm::chat::turn_marker(model)
+        .filter(|_| !params.ignore_eos)
+        .map(emit::TurnGuard::new);
+
     while !cancelled && answer.generated.len() < params.max_tokens {
         let t0 = Instant::now();
         let plan = choose(
@@ -146,6 +153,7 @@ pub fn generate(
             policy.record(measured);
         }
 
+        let mut turn_ended = None;
         let emitted = emit::emit(
             &verified,
             draft.tokens.len(),
@@ -154,9 +162,31 @@ pub fn generate(
             |v| {
                 let g = answer.push(v);
                 tally.token(|| started.elapsed().as_secs_f64());
-                sink(Event::Token(g))
+                let Some(guard) = guard.as_mut() else {
+                    return sink(Event::Token(g));
+                };
+                match guard.push(g) {
+                    emit::Guarded::Deliver(tokens) => deliver(sink, tokens),
+                    emit::Guarded::End {
+                        deliver: tokens,
+                        dropped,
+                    } => {
+                        let kept = answer.tokens.len() - dropped;
+                        turn_ended = Some(answer.tokens[kept].margin);
+                        answer.tokens.truncate(kept);
+                        deliver(sink, tokens);
+                        Flow::Cancel
+                    }
+                }
             },
         );
+        let emitted = match turn_ended {
+            Some(margin) => emit::Emitted {
+                stop: Some(Stop::EndOfGeneration { margin }),
+                ..emitted
+            },
+            None => emitted,
+        };
         match emitted.stop {
             Some(Stop::EndOfGeneration { margin }) => {
                 answer.end_margin = Some(margin);
@@ -197,6 +227,11 @@ pub fn generate(
         if emitted.stop.is_some() {
             break;
         }
+    }
+    if let Some(guard) = guard.as_mut()
+        && !cancelled
+    {
+        deliver(sink, guard.flush());
     }
     let tail = answer.text.finish();
     if let Some(last) = answer.tokens.last_mut() {
@@ -251,6 +286,16 @@ fn prefill(
         tally.prefilled(n, false);
     }
     Ok(stopped.get())
+}
+
+/// Sends `tokens` to `sink` in order, until it cancels.
+fn deliver(sink: &mut dyn FnMut(Event) -> Flow, tokens: Vec<GenToken>) -> Flow {
+    for t in tokens {
+        if sink(Event::Token(t)) == Flow::Cancel {
+            return Flow::Cancel;
+        }
+    }
+    Flow::Continue
 }
 
 /// The answer as it grows, and the sequences that follow it.

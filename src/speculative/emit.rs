@@ -4,8 +4,8 @@
 //! it). Pure: the caller says which tokens end generation and delivers each token.
 
 use super::Flow;
-use super::TokenKind;
 use super::verify::Verified;
+use super::{GenToken, TokenKind};
 use crate::llm::Token;
 
 /// Why a round ended the answer.
@@ -77,6 +77,88 @@ pub fn emit(
     }
 }
 
+/// Holds back the answer's last tokens while their text may be the start of `marker` (a turn
+/// the model begins on its own), so that it never reaches the screen; once the marker is
+/// complete the answer ends before it.
+#[derive(Debug)]
+pub struct TurnGuard {
+    marker: &'static str,
+    held: Vec<GenToken>,
+}
+
+/// What to do with a token given to [`TurnGuard::push`].
+#[derive(Debug, PartialEq)]
+pub enum Guarded {
+    /// Deliver these tokens now (possibly none: held back).
+    Deliver(Vec<GenToken>),
+    /// The marker is complete: the answer ends after delivering `deliver`; its last `dropped`
+    /// tokens (the one just pushed included) are the marker's and are dropped.
+    End {
+        deliver: Vec<GenToken>,
+        dropped: usize,
+    },
+}
+
+impl TurnGuard {
+    pub fn new(marker: &'static str) -> Self {
+        Self {
+            marker,
+            held: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, token: GenToken) -> Guarded {
+        self.held.push(token);
+        let text: String = self.held.iter().map(|t| t.text.as_str()).collect();
+        if let Some(m) = text.find(self.marker) {
+            // Tokens that start before the marker keep their text (a token may hold the end of
+            // the answer and the marker's line break); the rest is the marker.
+            let mut start = 0;
+            let kept = self
+                .held
+                .iter()
+                .take_while(|t| {
+                    let before = start < m;
+                    start += t.text.len();
+                    before
+                })
+                .count();
+            // Line breaks before the marker end nothing.
+            let kept = self.held[..kept]
+                .iter()
+                .rposition(|t| !t.text.trim().is_empty())
+                .map_or(0, |i| i + 1);
+            let mut held = std::mem::take(&mut self.held);
+            let dropped = held.len() - kept;
+            held.truncate(kept);
+            return Guarded::End {
+                deliver: held,
+                dropped,
+            };
+        }
+        // The earliest offset from which the text may still become the marker.
+        let from = (0..text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .find(|&i| self.marker.starts_with(&text[i..]))
+            .unwrap_or(text.len());
+        let mut end = 0;
+        let keep_from = self
+            .held
+            .iter()
+            .position(|t| {
+                end += t.text.len();
+                end > from
+            })
+            .unwrap_or(self.held.len());
+        Guarded::Deliver(self.held.drain(..keep_from).collect())
+    }
+
+    /// The tokens still held back, at the end of the answer.
+    pub fn flush(&mut self) -> Vec<GenToken> {
+        std::mem::take(&mut self.held)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +193,64 @@ mod tests {
     }
 
     use TokenKind::{Accepted, Bonus, Corrected};
+
+    fn gen_token(text: &str) -> GenToken {
+        GenToken {
+            id: 1,
+            text: text.into(),
+            kind: Accepted,
+            margin: 1.0,
+        }
+    }
+
+    fn texts(g: &Guarded) -> Vec<String> {
+        match g {
+            Guarded::Deliver(v) => v.iter().map(|t| t.text.clone()).collect(),
+            Guarded::End { .. } => panic!("ended: {g:?}"),
+        }
+    }
+
+    #[test]
+    fn a_turn_the_model_starts_itself_never_reaches_the_screen() {
+        let mut g = TurnGuard::new("\nQuestion:");
+        assert_eq!(texts(&g.push(gen_token(" 8080"))), [" 8080"]);
+        // A line break may start the marker: held back.
+        assert!(texts(&g.push(gen_token("\n\n"))).is_empty());
+        assert!(texts(&g.push(gen_token("Question"))).is_empty());
+        assert_eq!(
+            g.push(gen_token(":")),
+            Guarded::End {
+                deliver: vec![],
+                dropped: 3
+            }
+        );
+        assert!(g.flush().is_empty());
+
+        // A line break followed by something else goes out, in order.
+        let mut g = TurnGuard::new("\nQuestion:");
+        assert!(texts(&g.push(gen_token(".\n"))).is_empty());
+        assert_eq!(texts(&g.push(gen_token("Quest"))), Vec::<String>::new());
+        assert_eq!(
+            texts(&g.push(gen_token("ions remain"))),
+            [".\n", "Quest", "ions remain"]
+        );
+        // Held at the end of the answer: flushed.
+        assert!(texts(&g.push(gen_token("\n"))).is_empty());
+        assert_eq!(g.flush().len(), 1);
+        // A token whose end may start the marker is held whole, and kept when the marker
+        // completes: its text before the marker is the answer's.
+        let mut g = TurnGuard::new("\nQuestion:");
+        assert_eq!(texts(&g.push(gen_token("end.\nQ"))), Vec::<String>::new());
+        assert_eq!(texts(&g.push(gen_token("x"))), ["end.\nQ", "x"]);
+        assert!(texts(&g.push(gen_token(" 42.\n"))).is_empty());
+        assert_eq!(
+            g.push(gen_token("Question:")),
+            Guarded::End {
+                deliver: vec![gen_token(" 42.\n")],
+                dropped: 1
+            }
+        );
+    }
 
     #[test]
     fn a_round_that_does_not_end_the_answer_counts_all_its_drafts() {
