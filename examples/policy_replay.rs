@@ -79,7 +79,7 @@ fn record(folder: &Path, questions: &Path, out: &Path, args: &[String]) -> Resul
         .context("index the folder first: rapid-chat index FOLDER")?;
     let model: PathBuf = match &config.model {
         Some(p) => p.clone(),
-        None => fetch::ensure(&fetch::SMOLLM2, &dirs.models(), false)?,
+        None => fetch::ensure(fetch::DEFAULT, &dirs.models(), false)?,
     };
     let models = Models::load(&model, None, config.engine.gpu_layers)?;
     let mut engine = Engine::new(models, &config.engine)?;

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Target model (GGUF). Unset: the default model, fetched on first use.
+    /// Target model: a GGUF file or a known model's name. Unset: the default model, fetched on
+    /// first use.
     pub model: Option<PathBuf>,
     /// Drafter model (GGUF, same vocabulary as the target). Unset: the target itself.
     pub draft_model: Option<PathBuf>,

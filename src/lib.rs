@@ -12,5 +12,6 @@ pub mod paths;
 pub mod runtime;
 pub mod safe_text;
 pub mod session;
+pub mod simulate;
 pub mod speculative;
 pub mod tui;

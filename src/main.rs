@@ -36,10 +36,12 @@ struct Cli {
 
 #[derive(Args)]
 struct Global {
-    /// Target model, a GGUF file (default: SmolLM2-135M-Instruct, fetched on first use).
+    /// Target model: a GGUF file, or a known model's name (gemma3-270m, smollm2-135m), fetched on
+    /// first use (default: gemma3-270m).
     #[arg(long, global = true, value_name = "PATH")]
     model: Option<PathBuf>,
-    /// Drafter model, a GGUF file with the target's vocabulary (default: the target).
+    /// Drafter model: a GGUF file or a known model's name, with the target's vocabulary (default:
+    /// the target).
     #[arg(long, global = true, value_name = "PATH")]
     draft_model: Option<PathBuf>,
     /// Config file (default: config.toml in the config directory).
@@ -53,8 +55,8 @@ struct Global {
 enum Command {
     /// Fetch a known model (default: the default model) into the data directory; prints its path.
     FetchModel {
-        /// smollm2-135m (the default model) or gemma3-270m.
-        #[arg(default_value = "smollm2-135m")]
+        /// gemma3-270m (the default model) or smollm2-135m.
+        #[arg(default_value = fetch::DEFAULT.name)]
         name: String,
         /// List the models it can fetch (name, size, what for, sha256, whether fetched).
         #[arg(long)]
@@ -86,6 +88,13 @@ enum Command {
     /// Measure: every question in every mode, interleaved, with speed-ups over AR measured in
     /// the same run; a Markdown table (or JSON).
     Bench(BenchArgs),
+    /// Project rapid's speed on other hardware: records the target's greedy answers to the
+    /// questions with the drafter's continuations along them (real model), then replays rapid's
+    /// policy under measured cost curves (CSV: depth,prefill_tok_s,G,step_ms).
+    Simulate(SimulateArgs),
+    /// Measure a cost curve on this machine, as step_cost.cpp does: the decode time of a batch of
+    /// G tokens at each depth; prints CSV (depth,prefill_tok_s,G,step_ms) for `simulate`.
+    CostCurve(CostCurveArgs),
     /// Serve this machine's devices (its GPUs, else its CPU) to a rapid-chat on another machine,
     /// which adds it with --rpc HOST:PORT (llama.cpp's RPC backend). The protocol has no
     /// authentication: keep it on 127.0.0.1 and reach it through an SSH tunnel.
@@ -138,6 +147,59 @@ struct BenchArgs {
     /// Print JSON: a summary per mode and a record per run.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    engine: EngineFlags,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Folder of documents the questions are about.
+    folder: PathBuf,
+    /// JSON array of {"question", "answer"} (default: questions.json in FOLDER or its parent).
+    #[arg(long, value_name = "FILE")]
+    questions: Option<PathBuf>,
+    /// The target's cost curve (CSV from step_cost.cpp or `rapid-chat cost-curve`).
+    #[arg(long, value_name = "CSV")]
+    target_curve: PathBuf,
+    /// The depth the target's curve is read at (default: each question's prompt length).
+    #[arg(long, value_name = "N")]
+    target_depth: Option<usize>,
+    /// The drafter's cost curve (without it: lookups and plain steps only).
+    #[arg(long, value_name = "CSV")]
+    drafter_curve: Option<PathBuf>,
+    /// The depth the drafter's curve is read at (default: each question's drafter prompt).
+    #[arg(long, value_name = "N")]
+    drafter_depth: Option<usize>,
+    /// Read the traces from FILE instead of recording them (written by --save-traces).
+    #[arg(long, value_name = "FILE", conflicts_with = "save_traces")]
+    traces: Option<PathBuf>,
+    /// Write the recorded traces to FILE (token ids of the prompts, answers and drafts).
+    #[arg(long, value_name = "FILE")]
+    save_traces: Option<PathBuf>,
+    /// The longest drafter continuation recorded per position.
+    #[arg(long, default_value_t = 16)]
+    max_draft: usize,
+    /// Print JSON: {"questions": [{"question", "speedup", ...}], "median", "worst", ...}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineFlags,
+}
+
+#[derive(Args)]
+struct CostCurveArgs {
+    /// Context depths in tokens, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    depths: Vec<usize>,
+    /// Batch sizes G, comma-separated (default 1 to 17).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Timed repeats per size (after one untimed).
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
+    /// Measure the drafter model rather than the target.
+    #[arg(long)]
+    drafter: bool,
     #[command(flatten)]
     engine: EngineFlags,
 }
@@ -263,6 +325,8 @@ fn run(cli: Cli) -> Result<()> {
         }) => search_command(&ctx, &folder, &query, top, json),
         Some(Command::Ask(args)) => ask_command(ctx, &args),
         Some(Command::Bench(args)) => bench_command(ctx, &args),
+        Some(Command::Simulate(args)) => simulate_command(ctx, &args),
+        Some(Command::CostCurve(args)) => cost_curve_command(ctx, &args),
         Some(Command::ExtractPdf { .. }) => unreachable!("handled before logging starts"),
         None => {
             let folder = cli.folder.unwrap_or_else(|| PathBuf::from("."));
@@ -485,6 +549,133 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
     Ok(())
 }
 
+fn simulate_command(ctx: Ctx, args: &SimulateArgs) -> Result<()> {
+    use rapid_chat::simulate::{self, CurveTable, Replaying, Trace};
+    let ctx = ctx.with_flags(&args.engine)?;
+    let target = CurveTable::read(&args.target_curve)?;
+    let drafter = args
+        .drafter_curve
+        .as_deref()
+        .map(CurveTable::read)
+        .transpose()?;
+    let traces: Vec<Trace> = match &args.traces {
+        Some(path) => serde_json::from_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the traces {}", path.display()))?,
+        )
+        .with_context(|| format!("{} holds no traces", path.display()))?,
+        None => {
+            let mut settings = ctx.config.engine.clone();
+            settings.temp = 0.0;
+            let (index, questions) =
+                folder_questions(&ctx, &args.folder, args.questions.as_deref())?;
+            exit_when_a_worker_fails(&ctx.config.gpu.rpc);
+            let mut engine = Engine::load(&ctx.config, &ctx.dirs)?;
+            let mut traces = Vec::new();
+            for (i, q) in questions.iter().enumerate() {
+                let started = Instant::now();
+                let t =
+                    simulate::record(&mut engine, &index, &q.question, &settings, args.max_draft)?;
+                eprintln!(
+                    "[{}/{}] traced {} answer tokens ({} prompt, {} drafter prompt) in {:.1} s",
+                    i + 1,
+                    questions.len(),
+                    t.answer.len(),
+                    t.prompt.len(),
+                    t.draft_prompt.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                traces.push(t);
+            }
+            if let Some(path) = &args.save_traces {
+                std::fs::write(path, serde_json::to_string(&traces)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            traces
+        }
+    };
+    let replaying = Replaying {
+        drafter: drafter.is_some(),
+        ..Replaying::of(&ctx.config.engine)
+    };
+    let report = simulate::project_all(
+        &traces,
+        &target,
+        args.target_depth,
+        drafter.as_ref().map(|d| (d, args.drafter_depth)),
+        &replaying,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let depth = |d: Option<usize>| d.map_or("each question's prompt".into(), |d| d.to_string());
+        println!(
+            "target curve {} at depth {}; drafter curve {}\n",
+            args.target_curve.display(),
+            depth(args.target_depth),
+            args.drafter_curve
+                .as_ref()
+                .map_or("none (lookups only)".into(), |p| format!(
+                    "{} at depth {}",
+                    p.display(),
+                    depth(args.drafter_depth)
+                )),
+        );
+        print!("{}", simulate::markdown(&report));
+    }
+    Ok(())
+}
+
+fn cost_curve_command(ctx: Ctx, args: &CostCurveArgs) -> Result<()> {
+    let ctx = ctx.with_flags(&args.engine)?;
+    anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    let sizes: Vec<usize> = if args.sizes.is_empty() {
+        (1..=17).collect()
+    } else {
+        args.sizes.clone()
+    };
+    anyhow::ensure!(
+        sizes.iter().all(|&g| g >= 1),
+        "--sizes: batch sizes start at 1"
+    );
+    let engine = Engine::load(&ctx.config, &ctx.dirs)?;
+    println!("depth,prefill_tok_s,G,step_ms");
+    for &depth in &args.depths {
+        let (rate, curve) = engine.cost_curve(args.drafter, depth, &sizes, args.repeats)?;
+        println!("{depth},{rate:.0},0,0");
+        for (g, ms) in curve {
+            println!("{depth},{rate:.0},{g},{ms:.3}");
+        }
+    }
+    Ok(())
+}
+
+/// The folder's current index and its questions file (`questions`, else questions.json in the
+/// folder or its parent).
+fn folder_questions(
+    ctx: &Ctx,
+    folder: &Path,
+    questions: Option<&Path>,
+) -> Result<(CorpusIndex, Vec<rapid_chat::bench::Question>)> {
+    let file = match questions {
+        Some(f) => f.to_path_buf(),
+        None => [
+            folder.join("questions.json"),
+            folder.join("../questions.json"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "no questions.json in {} or its parent: pass --questions FILE",
+                folder.display()
+            )
+        })?,
+    };
+    let index = ctx.current_index(folder, true)?;
+    Ok((index, rapid_chat::bench::load_questions(&file)?))
+}
+
 fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
     use rapid_chat::bench::{self, Task};
     let ctx = ctx.with_flags(&args.engine)?;
@@ -497,23 +688,8 @@ fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
             .folder
             .as_deref()
             .context("name a FOLDER with questions (or generate tasks with --tasks passkey:N)")?;
-        let file = match &args.questions {
-            Some(f) => f.clone(),
-            None => [
-                folder.join("questions.json"),
-                folder.join("../questions.json"),
-            ]
-            .into_iter()
-            .find(|p| p.is_file())
-            .with_context(|| {
-                format!(
-                    "no questions.json in {} or its parent: pass --questions FILE",
-                    folder.display()
-                )
-            })?,
-        };
-        let index = ctx.current_index(folder, true)?;
-        for (i, q) in bench::load_questions(&file)?.into_iter().enumerate() {
+        let (index, questions) = folder_questions(&ctx, folder, args.questions.as_deref())?;
+        for (i, q) in questions.into_iter().enumerate() {
             tasks.push(Task {
                 name: format!("q{}", i + 1),
                 index: index.clone(),

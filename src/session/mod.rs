@@ -143,9 +143,12 @@ impl Engine {
     /// makes their contexts, with the corpus KV cache as configured.
     pub fn load(config: &Config, dirs: &Dirs) -> Result<Self> {
         let target = crate::llm::fetch::model_path(config.model.as_deref(), &dirs.models())?;
+        let drafter = (config.draft_model.as_deref())
+            .map(|d| crate::llm::fetch::resolve(d, &dirs.models()))
+            .transpose()?;
         let models = Models::load_on(
             &target,
-            config.draft_model.as_deref(),
+            drafter.as_deref(),
             &crate::llm::model::Offload::of(config.engine.gpu_layers, &config.gpu),
         )?;
         let mut engine = Self::new(models, &config.engine)?;
@@ -363,6 +366,105 @@ impl Engine {
     /// Target and drafter context sizes.
     pub fn ctx_sizes(&self) -> (usize, usize) {
         (self.target.n_ctx(), self.drafter.n_ctx())
+    }
+
+    /// The drafter's own greedy continuation, up to `max` tokens with its top probability at
+    /// each, after `draft_prompt` followed by `answer[..i]`, for every position `i` of `answer`
+    /// (for `rapid-chat simulate`). A continuation whose first token the answer confirms serves
+    /// the next position too, so mostly one drafter step is decoded per position.
+    pub fn drafter_continuations(
+        &mut self,
+        draft_prompt: &[LlamaToken],
+        answer: &[LlamaToken],
+        max: usize,
+    ) -> Result<Vec<Vec<(LlamaToken, f32)>>> {
+        use crate::speculative::sampling::{argmax_margin, max_prob};
+        let n_ctx = self.drafter.n_ctx();
+        let mut seq = draft_prompt.to_vec();
+        let mut next: Vec<(LlamaToken, f32)> = Vec::new();
+        let mut all = Vec::with_capacity(answer.len());
+        for (i, &t) in answer.iter().enumerate() {
+            if i > 0 {
+                let confirmed = next.first().is_some_and(|d| d.0 == answer[i - 1]);
+                if confirmed {
+                    next.remove(0);
+                } else {
+                    next.clear();
+                }
+            }
+            while next.len() < max && seq.len() + next.len() + 1 < n_ctx {
+                let mut s = seq.clone();
+                s.extend(next.iter().map(|d| d.0));
+                self.drafter.sync(&s, &mut |_, _| true)?;
+                let z = self.drafter.logits(0);
+                next.push((
+                    crate::llm::token::from_index(argmax_margin(z).0),
+                    max_prob(z),
+                ));
+            }
+            all.push(next.clone());
+            seq.push(t);
+        }
+        Ok(all)
+    }
+
+    /// The target's (or with `drafter`, the drafter model's) decode time for a batch of each of
+    /// `sizes` tokens after `depth` tokens, as `step_cost.cpp` measures it (made-up tokens, the
+    /// batch rolled back and repeated `repeats` times after one untimed run), plus the argmax at
+    /// every position as a verification does; in a context of its own with this engine's
+    /// settings. Returns the prefill rate (tokens/s) and the milliseconds per size.
+    pub fn cost_curve(
+        &self,
+        drafter: bool,
+        depth: usize,
+        sizes: &[usize],
+        repeats: usize,
+    ) -> Result<(f64, Vec<(usize, f64)>)> {
+        use crate::speculative::sampling::argmax_margin;
+        let model = if drafter {
+            self.models.drafter
+        } else {
+            self.models.target
+        };
+        let largest = sizes.iter().copied().max().unwrap_or(1);
+        let n_ctx = u32::try_from(depth + largest + 8)
+            .map_err(|_| anyhow::anyhow!("a depth of {depth} tokens is too large"))?;
+        let mut ctx = Context::new(
+            model,
+            ContextSettings {
+                n_ctx,
+                ..self.contexts
+            },
+        )?;
+        let n_vocab = i32::try_from(ctx.n_vocab()).unwrap_or(i32::MAX);
+        let made_up = |p: usize| {
+            let p = i32::try_from(p % 1_000_000).unwrap_or(0);
+            crate::llm::token::from_index(
+                usize::try_from(100 + (p * 7919) % (n_vocab - 200)).unwrap_or(0),
+            )
+        };
+        let prompt: Vec<LlamaToken> = (0..depth.max(1)).map(made_up).collect();
+        let started = std::time::Instant::now();
+        ctx.prefill(&prompt, &mut |_, _| true)?;
+        let prefill_rate = depth as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let mut curve = Vec::with_capacity(sizes.len());
+        for &g in sizes {
+            let batch: Vec<LlamaToken> = (depth..depth + g).map(made_up).collect();
+            let mut total = 0.0;
+            for r in 0..=repeats {
+                let t = std::time::Instant::now();
+                ctx.decode_all(&batch)?;
+                for i in 0..g {
+                    std::hint::black_box(argmax_margin(ctx.logits(i)));
+                }
+                if r > 0 {
+                    total += t.elapsed().as_secs_f64();
+                }
+                ctx.truncate(prompt.len())?;
+            }
+            curve.push((g, total / repeats.max(1) as f64 * 1e3));
+        }
+        Ok((prefill_rate, curve))
     }
 
     /// Answers `question` (after `history`) from `index`, streaming events to `sink`.

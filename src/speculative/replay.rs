@@ -106,7 +106,7 @@ impl Replay {
 /// The lookup proposals at every position of the answer: what [`Lookup::propose`] offers after
 /// `answer[..i]` (up to `lookup_max` tokens, never past the answer's end), with how many of its
 /// tokens the answer confirms.
-fn proposals(
+pub fn proposals(
     extra: &[Token],
     prompt: &[Token],
     answer: &[Token],

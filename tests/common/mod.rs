@@ -14,7 +14,7 @@ pub fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let dirs = Dirs::from_env().expect("data directory");
-        fetch::ensure(&fetch::SMOLLM2, &dirs.models(), false).expect("fetch the default model")
+        fetch::ensure(fetch::DEFAULT, &dirs.models(), false).expect("fetch the default model")
     })
     .clone()
 }
