@@ -188,3 +188,128 @@ fn fetching_without_python_names_the_way_out() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--model PATH"), "{}", stderr(&out));
 }
+
+/// `cost-curve` measures this machine as step_cost.cpp does; `simulate` records a real answer's
+/// trace once and projects it under any curve: with the same traces and curve, the same numbers;
+/// where verifying more tokens costs nothing, at least plain steps' speed; where every token of a
+/// batch costs a step, no draft pays and the projection is plain steps.
+#[test]
+fn simulate_projects_a_recorded_trace_under_cost_curves() {
+    let cache = tempfile::tempdir().unwrap();
+    let demo = common::demo_dir();
+    let demo = demo.to_str().unwrap();
+    let out = run(
+        cache.path(),
+        &[
+            "cost-curve",
+            "--depths",
+            "64",
+            "--sizes",
+            "1,2",
+            "--repeats",
+            "1",
+            "--ctx",
+            "512",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(csv.lines().next(), Some("depth,prefill_tok_s,G,step_ms"));
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(
+        rows[1][2] == 1.0 && rows[1][3] > 0.0 && rows[2][3] > 0.0,
+        "{csv}"
+    );
+
+    let q = cache.path().join("q.json");
+    std::fs::write(
+        &q,
+        r#"[{"question": "On which port does llama-server listen by default?"}]"#,
+    )
+    .unwrap();
+    let curve = |name: &str, per_token: f64| {
+        let path = cache.path().join(name);
+        let mut text = String::from("depth,prefill_tok_s,G,step_ms\n");
+        for depth in [100, 100_000] {
+            for g in 1..=17 {
+                text += &format!("{depth},1000,{g},{}\n", 10.0 + per_token * (g - 1) as f64);
+            }
+        }
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (free, linear) = (curve("free.csv", 0.0), curve("linear.csv", 10.0));
+    let traces = cache.path().join("traces.json");
+    let sizes = [
+        "--ctx",
+        "4608",
+        "--draft-ctx",
+        "1536",
+        "--retrieval-budget",
+        "1024",
+    ];
+    let project = |curve: &str, record: bool| {
+        let mut args = vec!["simulate", demo, "--questions", q.to_str().unwrap()];
+        args.extend(["--target-curve", curve, "--drafter-curve", curve, "--json"]);
+        args.extend(["--max-tokens", "48"]);
+        args.extend(sizes);
+        if record {
+            args.extend(["--save-traces", traces.to_str().unwrap()]);
+        } else {
+            args.extend(["--traces", traces.to_str().unwrap()]);
+        }
+        let out = run(cache.path(), &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let recorded = project(&free, true);
+    let q0 = &recorded["questions"][0];
+    let n = q0["tokens"].as_u64().unwrap();
+    assert!(n > 0, "{recorded}");
+    let parts: u64 = ["from_lookup", "from_drafter", "from_target"]
+        .iter()
+        .map(|k| q0[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(parts, n, "{recorded}");
+    for key in [
+        "median",
+        "worst",
+        "lookup_share",
+        "drafter_share",
+        "target_share",
+        "what",
+    ] {
+        assert!(recorded.get(key).is_some(), "missing {key}: {recorded}");
+    }
+    assert_eq!(project(&free, false)["questions"], recorded["questions"]);
+    assert!(recorded["median"].as_f64().unwrap() >= 1.0, "{recorded}");
+    let plain = project(&linear, false);
+    let s = plain["median"].as_f64().unwrap();
+    assert!((0.9..=1.0 + 1e-9).contains(&s), "{plain}");
+
+    // A depth the curve does not cover is refused with the way out.
+    let out = run(
+        cache.path(),
+        &[
+            "simulate",
+            demo,
+            "--traces",
+            traces.to_str().unwrap(),
+            "--target-curve",
+            &free,
+            "--target-depth",
+            "200000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cost-curve --depths 200000"),
+        "{}",
+        stderr(&out)
+    );
+}
