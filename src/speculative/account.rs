@@ -63,6 +63,12 @@ impl Tally {
         }
     }
 
+    /// `n` emitted tokens were taken back: the turn marker a model without a chat template
+    /// started, which is not part of the answer.
+    pub fn dropped(&mut self, n: usize) {
+        self.generated = self.generated.saturating_sub(n);
+    }
+
     /// The times of a round; `plain` when it verified no draft.
     pub fn timed(&mut self, t_draft: Duration, t_verify: Duration, plain: bool) {
         self.draft_time += t_draft;

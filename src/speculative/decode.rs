@@ -174,6 +174,7 @@ pub fn generate(
                         let kept = answer.tokens.len() - dropped;
                         turn_ended = Some(answer.tokens[kept].margin);
                         answer.tokens.truncate(kept);
+                        tally.dropped(dropped);
                         deliver(sink, tokens);
                         Flow::Cancel
                     }
