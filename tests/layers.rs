@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("runtime", 5),
     ("tui", 6),
     ("bench", 6),
+    ("simulate", 6),
     ("fuzzing", 7),
 ];
 
