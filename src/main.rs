@@ -550,7 +550,8 @@ fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
 }
 
 fn simulate_command(ctx: Ctx, args: &SimulateArgs) -> Result<()> {
-    use rapid_chat::simulate::{self, CurveTable, Replaying, Trace};
+    use rapid_chat::simulate::{self, CurveTable, Trace};
+    use rapid_chat::speculative::replay::Replaying;
     let ctx = ctx.with_flags(&args.engine)?;
     let target = CurveTable::read(&args.target_curve)?;
     let drafter = args

@@ -10,7 +10,6 @@
 //! `depth,prefill_tok_s,G,step_ms`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -19,8 +18,8 @@ use crate::config::EngineConfig;
 use crate::corpus::CorpusIndex;
 use crate::llm::Token;
 use crate::session::Engine;
-use crate::speculative::adaptive::{self, Costs, DraftSource, Policy};
-use crate::speculative::replay::{self, CostCurve};
+use crate::speculative::adaptive::Costs;
+use crate::speculative::replay::{self, Case, CostCurve, Projection, Replaying};
 use crate::speculative::{Flow, Mode, median};
 
 /// One question's trace: everything a replay needs, and nothing about the machine.
@@ -36,6 +35,37 @@ pub struct Trace {
     /// At each position `i` of the answer: the drafter's greedy continuation after its prompt and
     /// `answer[..i]`, each token with the drafter's probability for it.
     pub drafts: Vec<Vec<(i32, f32)>>,
+}
+
+/// A trace's ids as tokens, for a replay.
+struct Tokens {
+    draft_prompt: Vec<Token>,
+    prompt: Vec<Token>,
+    answer: Vec<Token>,
+    drafts: Vec<Vec<(Token, f32)>>,
+}
+
+impl Tokens {
+    fn case(&self) -> Case<'_> {
+        Case {
+            draft_prompt: &self.draft_prompt,
+            prompt: &self.prompt,
+            answer: &self.answer,
+            drafts: &self.drafts,
+        }
+    }
+}
+
+fn tokens(t: &Trace) -> Tokens {
+    let toks = |v: &[i32]| v.iter().map(|&t| Token::new(t)).collect::<Vec<_>>();
+    Tokens {
+        draft_prompt: toks(&t.draft_prompt),
+        prompt: toks(&t.prompt),
+        answer: toks(&t.answer),
+        drafts: (t.drafts.iter())
+            .map(|d| d.iter().map(|&(t, p)| (Token::new(t), p)).collect())
+            .collect(),
+    }
 }
 
 /// Records the trace of `question`: the target's greedy answer (AR mode, `settings` otherwise),
@@ -168,178 +198,6 @@ impl CurveTable {
     }
 }
 
-/// The policy's settings in a replay (rapid mode's, from the engine settings).
-#[derive(Debug, Clone, Copy)]
-pub struct Replaying {
-    pub gamma: usize,
-    pub lookup: bool,
-    pub lookup_max: usize,
-    pub adaptive: bool,
-    pub draft_confidence: f32,
-    /// Whether the drafter model drafts at all (else lookups and plain steps only).
-    pub drafter: bool,
-}
-
-impl Replaying {
-    pub fn of(e: &EngineConfig) -> Self {
-        Self {
-            gamma: e.gamma,
-            lookup: e.lookup,
-            lookup_max: e.lookup_max,
-            adaptive: e.adaptive,
-            draft_confidence: e.draft_confidence,
-            drafter: true,
-        }
-    }
-}
-
-/// What a replay of one answer projects.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Projection {
-    pub tokens: usize,
-    pub rounds: usize,
-    pub plain_rounds: usize,
-    pub lookup_rounds: usize,
-    pub drafter_rounds: usize,
-    /// Tokens that came as accepted lookup drafts, accepted drafter drafts, and from the target
-    /// itself (one per round).
-    pub from_lookup: usize,
-    pub from_drafter: usize,
-    pub from_target: usize,
-    /// Seconds verifying (target) and drafting (drafter).
-    pub verify_s: f64,
-    pub draft_s: f64,
-    /// The same tokens in plain target steps.
-    pub plain_s: f64,
-}
-
-impl Projection {
-    pub fn speedup(&self) -> f64 {
-        self.plain_s / (self.verify_s + self.draft_s).max(1e-12)
-    }
-}
-
-/// How many of `draft`'s tokens `answer` confirms.
-fn agreement(draft: &[Token], answer: &[Token]) -> usize {
-    draft.iter().zip(answer).take_while(|(a, b)| a == b).count()
-}
-
-/// Replays rapid's policy on `trace` with the target's verification costs `target` and the
-/// drafter's step costs `drafter` (None: no drafter model, lookups only), starting from `costs`
-/// (the estimates an engine carries from answer to answer). Mirrors the decode loop: the
-/// policy chooses each round from the lookup's proposal and the drafter's room, the drafter
-/// decodes the tokens it is behind in one batch then one step per further draft (the last draft
-/// is not decoded), stops drafting below `draft_confidence`, and keeps its accepted drafts.
-pub fn project(
-    trace: &Trace,
-    target: &CostCurve,
-    drafter: Option<&CostCurve>,
-    r: &Replaying,
-    costs: Costs,
-) -> (Projection, Costs) {
-    let toks = |v: &[i32]| v.iter().map(|&t| Token::new(t)).collect::<Vec<_>>();
-    let (prompt, draft_prompt, answer) = (
-        toks(&trace.prompt),
-        toks(&trace.draft_prompt),
-        toks(&trace.answer),
-    );
-    let n = answer.len();
-    let props = if r.lookup {
-        replay::proposals(&draft_prompt, &prompt, &answer, r.lookup_max)
-    } else {
-        vec![None; n]
-    };
-    let drafter = drafter.filter(|_| r.drafter);
-    let hint = drafter.map_or(1.0, |d| d.t(1) / target.t(1));
-    let mut policy = Policy::new(r.adaptive, hint).with_costs(costs);
-    let mut p = Projection {
-        tokens: n,
-        plain_s: n as f64 * target.t(1),
-        ..Projection::default()
-    };
-    // The drafter's cache holds its prompt but the last token (prefilled), then what it decoded.
-    let base = draft_prompt.len();
-    let mut cached = base.saturating_sub(1);
-    let mut i = 0;
-    while i < n {
-        let left = n - i;
-        let prop = props[i].as_ref();
-        let seq_len = base + i;
-        let choice = policy.choose(adaptive::Candidates {
-            lookup: prop.map(|(q, _)| (q.match_len, q.tokens.len())),
-            model_max: drafter.map_or(0, |_| r.gamma.min(left - 1)),
-            model_behind: seq_len - cached.min(seq_len),
-            lookup_in_answer: prop.is_some_and(|(q, _)| q.in_answer),
-        });
-        let (mut source, mut k, mut accepted, mut t_draft, mut step) =
-            (choice.source, 0, 0, 0.0, None);
-        match (choice.source, prop, drafter) {
-            (DraftSource::Lookup, Some((q, agree)), _) => {
-                k = choice.k.min(q.tokens.len());
-                accepted = (*agree).min(k);
-            }
-            (DraftSource::Model, _, Some(d)) => {
-                let cont = &trace.drafts[i];
-                let max = choice.k.min(cont.len());
-                // The decode loop's draft(): stop at `max` or below the confidence threshold.
-                k = cont[..max]
-                    .iter()
-                    .position(|&(_, prob)| prob < r.draft_confidence)
-                    .unwrap_or(max);
-                let by_confidence = k < max;
-                let behind = (seq_len - cached.min(seq_len)).max(1);
-                let steps = if by_confidence {
-                    k
-                } else {
-                    k.saturating_sub(1)
-                };
-                t_draft = d.t(behind) + steps as f64 * d.t(1);
-                step = (steps > 0).then(|| Duration::from_secs_f64(d.t(1)));
-                let drafted = toks(&cont[..k].iter().map(|c| c.0).collect::<Vec<_>>());
-                accepted = agreement(&drafted, &answer[i..]);
-                cached = seq_len + accepted.min(steps);
-            }
-            _ => source = DraftSource::None,
-        }
-        if k == 0 {
-            source = DraftSource::None;
-        }
-        let produced = (accepted + 1).min(left);
-        let t_verify = target.t(k + 1);
-        policy.record(adaptive::Round {
-            source,
-            match_len: prop.map_or(0, |(q, _)| q.match_len),
-            lookup_in_answer: prop.is_some_and(|(q, _)| q.in_answer),
-            drafted: k,
-            accepted,
-            rejected: accepted < k,
-            t_draft: Duration::from_secs_f64(t_draft),
-            t_draft_step: step,
-            t_verify: Duration::from_secs_f64(t_verify),
-        });
-        if let Some((q, _)) = prop.filter(|_| source != DraftSource::Lookup) {
-            policy.observe_declined(q, &answer[i..i + produced]);
-        }
-        p.rounds += 1;
-        p.verify_s += t_verify;
-        p.draft_s += t_draft;
-        match source {
-            DraftSource::None => p.plain_rounds += 1,
-            DraftSource::Lookup => {
-                p.lookup_rounds += 1;
-                p.from_lookup += accepted.min(produced);
-            }
-            DraftSource::Model => {
-                p.drafter_rounds += 1;
-                p.from_drafter += accepted.min(produced);
-            }
-        }
-        p.from_target += produced - accepted.min(produced);
-        i += produced;
-    }
-    (p, policy.costs().clone())
-}
-
 /// One question's projection.
 #[derive(Debug, Clone, Serialize)]
 pub struct Projected {
@@ -390,7 +248,7 @@ pub fn project_all(
         let start = costs
             .take()
             .unwrap_or_else(|| replay::calibrated(&tc, r.gamma, r.lookup_max));
-        let (p, next) = project(t, &tc, dc.as_ref(), r, start);
+        let (p, next) = replay::project(&tokens(t).case(), &tc, dc.as_ref(), r, start);
         costs = Some(next);
         questions.push(Projected {
             question: t.question.clone(),
@@ -479,86 +337,5 @@ mod tests {
         let e = t.at(5000, 4).unwrap_err().to_string();
         assert!(e.contains("outside") && e.contains("cost-curve"), "{e}");
         assert!(CurveTable::parse("depth,prefill_tok_s,G,step_ms\n1,2,x,4\n").is_err());
-    }
-
-    fn trace(answer: &[i32], drafts: Vec<Vec<(i32, f32)>>) -> Trace {
-        Trace {
-            question: "q".into(),
-            prompt: vec![1, 2, 3],
-            draft_prompt: vec![1, 2, 3],
-            answer: answer.to_vec(),
-            drafts,
-        }
-    }
-
-    fn replaying(drafter: bool) -> Replaying {
-        Replaying {
-            gamma: 6,
-            lookup: true,
-            lookup_max: 16,
-            adaptive: true,
-            draft_confidence: 0.0,
-            drafter,
-        }
-    }
-
-    #[test]
-    fn a_drafter_that_is_always_right_and_cheap_pays_and_one_that_is_wrong_is_dropped() {
-        let answer: Vec<i32> = (100..400).collect();
-        // GPU-like target (a batch of 7 costs 1.2 steps), a drafter at a tenth of a step.
-        let target = CostCurve::parse("1:10,7:12,17:20", 17).unwrap();
-        let drafter = CostCurve::parse("1:1,17:3", 17).unwrap();
-        let right: Vec<Vec<(i32, f32)>> = (0..answer.len())
-            .map(|i| answer[i..].iter().take(6).map(|&t| (t, 0.9)).collect())
-            .collect();
-        let costs = replay::calibrated(&target, 6, 16);
-        let (p, _) = project(
-            &trace(&answer, right),
-            &target,
-            Some(&drafter),
-            &replaying(true),
-            costs.clone(),
-        );
-        assert_eq!(p.from_lookup + p.from_drafter + p.from_target, answer.len());
-        assert!(p.speedup() > 2.5, "{p:?}: {:.2}x", p.speedup());
-        assert!(p.from_drafter > answer.len() / 2, "{p:?}");
-        // Always wrong: the policy stops drafting; the loss stays within the answer's budget.
-        let wrong: Vec<Vec<(i32, f32)>> = (0..answer.len()).map(|_| vec![(7, 0.9); 6]).collect();
-        let (w, _) = project(
-            &trace(&answer, wrong),
-            &target,
-            Some(&drafter),
-            &replaying(true),
-            costs,
-        );
-        assert_eq!(w.from_drafter, 0);
-        assert!(w.speedup() > 0.95 && w.speedup() <= 1.0, "{w:?}");
-        assert!(w.plain_rounds > answer.len() * 9 / 10, "{w:?}");
-    }
-
-    #[test]
-    fn without_a_drafter_the_projection_is_the_lookup_replay() {
-        // A repetitive answer: lookups find the loop; no drafter model.
-        let mut answer = vec![20, 21];
-        for _ in 0..30 {
-            answer.extend([30, 31, 32, 33, 34]);
-        }
-        let target = CostCurve::parse("1:1.0, 8:1.3, 9:3.0, 17:3.8", 17).unwrap();
-        let costs = replay::calibrated(&target, 6, 16);
-        let t = trace(&answer, vec![Vec::new(); answer.len()]);
-        let (p, _) = project(&t, &target, None, &replaying(false), costs.clone());
-        let toks = |v: &[i32]| v.iter().map(|&t| Token::new(t)).collect::<Vec<_>>();
-        let (r, _) = replay::replay_policy(
-            &toks(&t.draft_prompt),
-            &toks(&t.prompt),
-            &toks(&answer),
-            16,
-            &target,
-            costs,
-        );
-        assert_eq!(p.rounds, r.rounds);
-        assert_eq!(p.lookup_rounds, r.lookup_rounds);
-        assert!((p.verify_s - r.seconds).abs() < 1e-12);
-        assert!((p.speedup() - r.speedup(&target)).abs() < 1e-9);
     }
 }

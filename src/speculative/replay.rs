@@ -131,10 +131,194 @@ pub fn proposals(
     out
 }
 
+/// The policy's settings in a replay (rapid mode's, from the engine settings).
+#[derive(Debug, Clone, Copy)]
+pub struct Replaying {
+    pub gamma: usize,
+    pub lookup: bool,
+    pub lookup_max: usize,
+    pub adaptive: bool,
+    pub draft_confidence: f32,
+    /// Whether the drafter model drafts at all (else lookups and plain steps only).
+    pub drafter: bool,
+}
+
+impl Replaying {
+    pub fn of(e: &crate::config::EngineConfig) -> Self {
+        Self {
+            gamma: e.gamma,
+            lookup: e.lookup,
+            lookup_max: e.lookup_max,
+            adaptive: e.adaptive,
+            draft_confidence: e.draft_confidence,
+            drafter: true,
+        }
+    }
+}
+
+/// What a replay of one answer projects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Projection {
+    pub tokens: usize,
+    pub rounds: usize,
+    pub plain_rounds: usize,
+    pub lookup_rounds: usize,
+    pub drafter_rounds: usize,
+    /// Draft tokens verified, and accepted, whatever their source.
+    pub drafted: usize,
+    pub accepted: usize,
+    /// Tokens that came as accepted lookup drafts, accepted drafter drafts, and from the target
+    /// itself (one per round).
+    pub from_lookup: usize,
+    pub from_drafter: usize,
+    pub from_target: usize,
+    /// Seconds verifying (target) and drafting (drafter).
+    pub verify_s: f64,
+    pub draft_s: f64,
+    /// The same tokens in plain target steps.
+    pub plain_s: f64,
+}
+
+impl Projection {
+    pub fn speedup(&self) -> f64 {
+        self.plain_s / (self.verify_s + self.draft_s).max(1e-12)
+    }
+}
+
+/// What a replay reads: the prompts, the target's greedy answer and, at each of its positions,
+/// the drafter's own greedy continuation with its probability for each token (empty: no
+/// drafter).
+#[derive(Debug, Clone, Copy)]
+pub struct Case<'a> {
+    /// What the drafter saw (the retrieved chunks), looked in by lookups.
+    pub draft_prompt: &'a [Token],
+    pub prompt: &'a [Token],
+    pub answer: &'a [Token],
+    pub drafts: &'a [Vec<(Token, f32)>],
+}
+
+/// Replays rapid's policy on `case` with the target's verification costs `target` and the
+/// drafter's step costs `drafter` (None: no drafter model, lookups only), starting from `costs`
+/// (the estimates an engine carries from answer to answer). Mirrors the decode loop: the
+/// policy chooses each round from the lookup's proposal and the drafter's room, the drafter
+/// decodes the tokens it is behind in one batch then one step per further draft (the last draft
+/// is not decoded), stops drafting below `draft_confidence`, and keeps its accepted drafts.
+pub fn project(
+    case: &Case<'_>,
+    target: &CostCurve,
+    drafter: Option<&CostCurve>,
+    r: &Replaying,
+    costs: Costs,
+) -> (Projection, Costs) {
+    let Case {
+        draft_prompt,
+        prompt,
+        answer,
+        drafts,
+    } = *case;
+    let n = answer.len();
+    let props = if r.lookup {
+        proposals(draft_prompt, prompt, answer, r.lookup_max)
+    } else {
+        vec![None; n]
+    };
+    let drafter = drafter.filter(|_| r.drafter);
+    let hint = drafter.map_or(1.0, |d| d.t(1) / target.t(1));
+    let mut policy = Policy::new(r.adaptive, hint).with_costs(costs);
+    let mut p = Projection {
+        tokens: n,
+        plain_s: n as f64 * target.t(1),
+        ..Projection::default()
+    };
+    // The drafter's cache holds its prompt but the last token (prefilled), then what it decoded.
+    let base = draft_prompt.len();
+    let mut cached = base.saturating_sub(1);
+    let mut i = 0;
+    while i < n {
+        let left = n - i;
+        let prop = props[i].as_ref();
+        let seq_len = base + i;
+        let choice = policy.choose(adaptive::Candidates {
+            lookup: prop.map(|(q, _)| (q.match_len, q.tokens.len())),
+            model_max: drafter.map_or(0, |_| r.gamma.min(left - 1)),
+            model_behind: seq_len - cached.min(seq_len),
+            lookup_in_answer: prop.is_some_and(|(q, _)| q.in_answer),
+        });
+        let (mut source, mut k, mut accepted, mut t_draft, mut step) =
+            (choice.source, 0, 0, 0.0, None);
+        match (choice.source, prop, drafter) {
+            (DraftSource::Lookup, Some((q, agree)), _) => {
+                k = choice.k.min(q.tokens.len());
+                accepted = (*agree).min(k);
+            }
+            (DraftSource::Model, _, Some(d)) => {
+                let cont = &drafts[i];
+                let max = choice.k.min(cont.len());
+                // The decode loop's draft(): stop at `max` or below the confidence threshold.
+                k = cont[..max]
+                    .iter()
+                    .position(|&(_, prob)| prob < r.draft_confidence)
+                    .unwrap_or(max);
+                let by_confidence = k < max;
+                let behind = (seq_len - cached.min(seq_len)).max(1);
+                let steps = if by_confidence {
+                    k
+                } else {
+                    k.saturating_sub(1)
+                };
+                t_draft = d.t(behind) + steps as f64 * d.t(1);
+                step = (steps > 0).then(|| Duration::from_secs_f64(d.t(1)));
+                accepted = (cont[..k].iter().zip(&answer[i..]))
+                    .take_while(|(d, a)| d.0 == **a)
+                    .count();
+                cached = seq_len + accepted.min(steps);
+            }
+            _ => source = DraftSource::None,
+        }
+        if k == 0 {
+            source = DraftSource::None;
+        }
+        let produced = (accepted + 1).min(left);
+        let t_verify = target.t(k + 1);
+        policy.record(adaptive::Round {
+            source,
+            match_len: prop.map_or(0, |(q, _)| q.match_len),
+            lookup_in_answer: prop.is_some_and(|(q, _)| q.in_answer),
+            drafted: k,
+            accepted,
+            rejected: accepted < k,
+            t_draft: Duration::from_secs_f64(t_draft),
+            t_draft_step: step,
+            t_verify: Duration::from_secs_f64(t_verify),
+        });
+        if let Some((q, _)) = prop.filter(|_| source != DraftSource::Lookup) {
+            policy.observe_declined(q, &answer[i..i + produced]);
+        }
+        p.rounds += 1;
+        p.drafted += k;
+        p.accepted += accepted;
+        p.verify_s += t_verify;
+        p.draft_s += t_draft;
+        match source {
+            DraftSource::None => p.plain_rounds += 1,
+            DraftSource::Lookup => {
+                p.lookup_rounds += 1;
+                p.from_lookup += accepted.min(produced);
+            }
+            DraftSource::Model => {
+                p.drafter_rounds += 1;
+                p.from_drafter += accepted.min(produced);
+            }
+        }
+        p.from_target += produced - accepted.min(produced);
+        i += produced;
+    }
+    (p, policy.costs().clone())
+}
+
 /// Replays the adaptive policy (starting from `costs`, e.g. a calibration with `curve`) on the
-/// greedy `answer` to a `prompt` whose drafter saw `extra`: each round it chooses between the
-/// lookup and a plain step as rapid mode does, and its estimates learn from the outcomes. Returns
-/// the replay and the costs it ends with (for the next answer).
+/// greedy `answer` to a `prompt` whose drafter saw `extra`, with lookups and plain steps only
+/// (see [`project`]). Returns the replay and the costs it ends with (for the next answer).
 pub fn replay_policy(
     extra: &[Token],
     prompt: &[Token],
@@ -143,53 +327,30 @@ pub fn replay_policy(
     curve: &CostCurve,
     costs: Costs,
 ) -> (Replay, Costs) {
-    let props = proposals(extra, prompt, answer, lookup_max);
-    let mut policy = Policy::new(true, 1.0).with_costs(costs);
-    let mut r = Replay {
-        tokens: answer.len(),
-        ..Replay::default()
+    let case = Case {
+        draft_prompt: extra,
+        prompt,
+        answer,
+        drafts: &[],
     };
-    let mut i = 0;
-    while i < answer.len() {
-        let prop = props[i].as_ref();
-        let choice = policy.choose(adaptive::Candidates {
-            lookup: prop.map(|(p, _)| (p.match_len, p.tokens.len())),
-            model_max: 0,
-            model_behind: 0,
-            lookup_in_answer: prop.is_some_and(|(p, _)| p.in_answer),
-        });
-        let (source, k, accepted) = match (choice.source, prop) {
-            (DraftSource::Lookup, Some((p, agree))) => {
-                let k = choice.k.min(p.tokens.len());
-                (DraftSource::Lookup, k, (*agree).min(k))
-            }
-            _ => (DraftSource::None, 0, 0),
-        };
-        let produced = (accepted + 1).min(answer.len() - i);
-        policy.record(adaptive::Round {
-            source,
-            match_len: prop.map_or(0, |(p, _)| p.match_len),
-            lookup_in_answer: prop.is_some_and(|(p, _)| p.in_answer),
-            drafted: k,
-            accepted,
-            rejected: accepted < k,
-            t_draft: Duration::ZERO,
-            t_draft_step: None,
-            t_verify: curve.duration(k + 1),
-        });
-        if let Some((p, _)) = prop.filter(|_| source != DraftSource::Lookup) {
-            policy.observe_declined(p, &answer[i..i + produced]);
-        }
-        r.rounds += 1;
-        r.seconds += curve.t(k + 1);
-        if source == DraftSource::Lookup {
-            r.lookup_rounds += 1;
-            r.drafted += k;
-            r.accepted += accepted;
-        }
-        i += produced;
-    }
-    (r, policy.costs().clone())
+    let lookups_only = Replaying {
+        gamma: 1,
+        lookup: true,
+        lookup_max,
+        adaptive: true,
+        draft_confidence: 0.0,
+        drafter: false,
+    };
+    let (p, costs) = project(&case, curve, None, &lookups_only, costs);
+    let replay = Replay {
+        tokens: p.tokens,
+        rounds: p.rounds,
+        lookup_rounds: p.lookup_rounds,
+        drafted: p.drafted,
+        accepted: p.accepted,
+        seconds: p.verify_s,
+    };
+    (replay, costs)
 }
 
 /// The least verification time any policy could spend on `answer` with the same lookups,
@@ -341,5 +502,111 @@ mod tests {
         assert!((r.speedup(&curve) - 1.0).abs() < 1e-9);
         let best = replay_best(&[], &prompt, &answer, 16, &curve);
         assert_eq!(best.rounds, answer.len());
+    }
+
+    /// A replay of `answer` after the prompt 1 2 3 (the drafter's too), with `drafts`.
+    fn project_on(
+        answer: &[i32],
+        drafts: &[Vec<(i32, f32)>],
+        target: &CostCurve,
+        drafter: Option<&CostCurve>,
+        r: &Replaying,
+        costs: Costs,
+    ) -> (Projection, Costs) {
+        let drafts: Vec<Vec<(Token, f32)>> = drafts
+            .iter()
+            .map(|d| d.iter().map(|&(t, p)| (Token::new(t), p)).collect())
+            .collect();
+        let (prompt, answer) = (toks(&[1, 2, 3]), toks(answer));
+        let case = Case {
+            draft_prompt: &prompt,
+            prompt: &prompt,
+            answer: &answer,
+            drafts: &drafts,
+        };
+        project(&case, target, drafter, r, costs)
+    }
+
+    fn replaying(drafter: bool) -> Replaying {
+        Replaying {
+            gamma: 6,
+            lookup: true,
+            lookup_max: 16,
+            adaptive: true,
+            draft_confidence: 0.0,
+            drafter,
+        }
+    }
+
+    #[test]
+    fn a_drafter_that_is_always_right_and_cheap_pays_and_one_that_is_wrong_is_dropped() {
+        let answer: Vec<i32> = (100..400).collect();
+        // GPU-like target (a batch of 7 costs 1.2 steps), a drafter at a tenth of a step.
+        let target = CostCurve::parse("1:10,7:12,17:20", 17).unwrap();
+        let drafter = CostCurve::parse("1:1,17:3", 17).unwrap();
+        let right: Vec<Vec<(i32, f32)>> = (0..answer.len())
+            .map(|i| answer[i..].iter().take(6).map(|&t| (t, 0.9)).collect())
+            .collect();
+        let costs = calibrated(&target, 6, 16);
+        let (p, _) = project_on(
+            &answer,
+            &right,
+            &target,
+            Some(&drafter),
+            &replaying(true),
+            costs.clone(),
+        );
+        assert_eq!(p.from_lookup + p.from_drafter + p.from_target, answer.len());
+        assert!(p.speedup() > 2.5, "{p:?}: {:.2}x", p.speedup());
+        assert!(p.from_drafter > answer.len() / 2, "{p:?}");
+        // Always wrong: the policy stops drafting; the loss stays within the answer's budget.
+        let wrong: Vec<Vec<(i32, f32)>> = (0..answer.len()).map(|_| vec![(7, 0.9); 6]).collect();
+        let (w, _) = project_on(
+            &answer,
+            &wrong,
+            &target,
+            Some(&drafter),
+            &replaying(true),
+            costs,
+        );
+        assert_eq!(w.from_drafter, 0);
+        assert!(w.speedup() > 0.95 && w.speedup() <= 1.0, "{w:?}");
+        assert!(w.plain_rounds > answer.len() * 9 / 10, "{w:?}");
+    }
+
+    #[test]
+    fn with_the_drafter_off_the_projection_is_the_lookup_replay() {
+        // A repetitive answer: lookups find the loop; no drafter model.
+        let mut answer = vec![20, 21];
+        for _ in 0..30 {
+            answer.extend([30, 31, 32, 33, 34]);
+        }
+        let target = CostCurve::parse("1:1.0, 8:1.3, 9:3.0, 17:3.8", 17).unwrap();
+        let costs = calibrated(&target, 6, 16);
+        // A drafter curve and drafts are given, but the drafter is off.
+        let drafter = CostCurve::parse("1:0.1", 17).unwrap();
+        let drafts: Vec<Vec<(i32, f32)>> = answer.iter().map(|&t| vec![(t, 1.0); 6]).collect();
+        let (p, _) = project_on(
+            &answer,
+            &drafts,
+            &target,
+            Some(&drafter),
+            &replaying(false),
+            costs.clone(),
+        );
+        let (r, _) = replay_policy(
+            &toks(&[1, 2, 3]),
+            &toks(&[1, 2, 3]),
+            &toks(&answer),
+            16,
+            &target,
+            costs,
+        );
+        assert_eq!(p.drafter_rounds, 0);
+        assert!(p.speedup() > 2.0, "the loop pays: {p:?}");
+        assert_eq!(p.rounds, r.rounds);
+        assert_eq!(p.lookup_rounds, r.lookup_rounds);
+        assert!((p.verify_s - r.seconds).abs() < 1e-12);
+        assert!((p.speedup() - r.speedup(&target)).abs() < 1e-9);
     }
 }
