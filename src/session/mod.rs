@@ -380,30 +380,30 @@ impl Engine {
     ) -> Result<Vec<Vec<(LlamaToken, f32)>>> {
         use crate::speculative::sampling::{argmax_margin, max_prob};
         let n_ctx = self.drafter.n_ctx();
+        let base = draft_prompt.len();
+        // The prompt, answer[..i], then the continuation `next` at position i.
         let mut seq = draft_prompt.to_vec();
         let mut next: Vec<(LlamaToken, f32)> = Vec::new();
         let mut all = Vec::with_capacity(answer.len());
-        for (i, &t) in answer.iter().enumerate() {
+        for i in 0..answer.len() {
             if i > 0 {
                 let confirmed = next.first().is_some_and(|d| d.0 == answer[i - 1]);
                 if confirmed {
                     next.remove(0);
                 } else {
                     next.clear();
+                    seq.truncate(base + i - 1);
+                    seq.push(answer[i - 1]);
                 }
             }
-            while next.len() < max && seq.len() + next.len() + 1 < n_ctx {
-                let mut s = seq.clone();
-                s.extend(next.iter().map(|d| d.0));
-                self.drafter.sync(&s, &mut |_, _| true)?;
+            while next.len() < max && seq.len() + 1 < n_ctx {
+                self.drafter.sync(&seq, &mut |_, _| true)?;
                 let z = self.drafter.logits(0);
-                next.push((
-                    crate::llm::token::from_index(argmax_margin(z).0),
-                    max_prob(z),
-                ));
+                let d = crate::llm::token::from_index(argmax_margin(z).0);
+                next.push((d, max_prob(z)));
+                seq.push(d);
             }
             all.push(next.clone());
-            seq.push(t);
         }
         Ok(all)
     }
