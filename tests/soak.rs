@@ -25,7 +25,7 @@ fn a_long_session_keeps_memory_flat_and_the_contexts_within_their_size() {
     let n: usize = std::env::var("RAPID_CHAT_SOAK_QUESTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(200);
     // A corpus that fits both contexts whole (real text: the start of the llama-server manual),
     // so that follow-ups reuse the caches and the session is about the conversation.
     let sb = common::Sandbox::empty();
