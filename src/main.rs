@@ -179,6 +179,11 @@ struct SimulateArgs {
     /// The longest drafter continuation recorded per position.
     #[arg(long, default_value_t = 16)]
     max_draft: usize,
+    /// With --verify-shapes or --verify-batch: the extra time of the two rounds after a change
+    /// of batch shape, in ms (on a GPU: a batch without its CUDA graph, then a new capture;
+    /// `rapid-chat ask --verify-shapes` logs what it measured).
+    #[arg(long, default_value_t = 0.0, value_name = "MS")]
+    switch_ms: f64,
     /// Print JSON: {"questions": [{"question", "speedup", ...}], "median", "worst", ...}.
     #[arg(long)]
     json: bool,
@@ -194,7 +199,7 @@ struct CostCurveArgs {
     /// Batch sizes G, comma-separated (default 1 to 17).
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
-    /// Timed repeats per size (after one untimed).
+    /// Timed repeats per size (after two untimed).
     #[arg(long, default_value_t = 10)]
     repeats: usize,
     /// Measure the drafter model rather than the target.
@@ -595,8 +600,13 @@ fn simulate_command(ctx: Ctx, args: &SimulateArgs) -> Result<()> {
             traces
         }
     };
+    anyhow::ensure!(
+        args.switch_ms >= 0.0 && args.switch_ms.is_finite(),
+        "--switch-ms must be 0 or more"
+    );
     let replaying = Replaying {
         drafter: drafter.is_some(),
+        switch_s: args.switch_ms / 1e3,
         ..Replaying::of(&ctx.config.engine)
     };
     let report = simulate::project_all(
