@@ -408,9 +408,14 @@ engine_settings! {
     /// and acceptance (rapid mode); false: the paper's fixed γ.
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     adaptive: bool = true,
-    /// With lookups: every round decodes exactly this many tokens, padded (0: each round its
-    /// draft alone). For GPUs, where a changing batch shape rebuilds llama.cpp's CUDA graph.
+    /// With lookups: every round decodes exactly this many tokens, padded (1: each round its
+    /// draft alone; 0: 4 on a GPU, where a changing batch shape makes llama.cpp capture its CUDA
+    /// graph anew, and 1 on a CPU).
     verify_batch: usize = 0,
+    /// With lookups and adaptation: every round decodes 1, 2, 4, … up to this many tokens
+    /// (a power of two; 0 = off), its draft padded up to the shape the policy chose. The shape
+    /// changes only when that pays for the CUDA graph llama.cpp then captures anew. For GPUs.
+    verify_shapes: usize = 0,
     /// Drafting stops early when the drafter's top probability falls below this.
     draft_confidence: f32 = 0.3,
     /// Knowledge-transfer strength (0 = plain speculative decoding).
@@ -448,7 +453,7 @@ impl EngineConfig {
     /// Checks the values serde cannot: ranges. Messages name the setting as in `config.toml`.
     pub fn validate(&self) -> Result<()> {
         let e = self;
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 13] = [
             (e.ctx.at_least(256), "ctx must be auto or at least 256"),
             (
                 e.draft_ctx.at_least(256),
@@ -460,8 +465,17 @@ impl EngineConfig {
                 "lookup_max must be from 1 to 64",
             ),
             (
-                e.verify_batch != 1 && e.verify_batch <= 64,
-                "verify_batch must be 0 (off) or between 2 and 64",
+                e.verify_batch <= 64,
+                "verify_batch must be from 0 (auto) to 64 (1: off)",
+            ),
+            (
+                e.verify_shapes == 0
+                    || (e.verify_shapes.is_power_of_two() && (2..=64).contains(&e.verify_shapes)),
+                "verify_shapes must be 0 (off) or a power of two from 2 to 64",
+            ),
+            (
+                e.verify_batch <= 1 || e.verify_shapes == 0,
+                "set verify_batch (one shape) or verify_shapes (the policy chooses among several), not both",
             ),
             (e.eta >= 0.0 && e.eta.is_finite(), "eta must be 0 or more"),
             (

@@ -69,6 +69,11 @@ fn invalid_configs_name_the_key_and_the_problem() {
         ("syntax.toml", "line 1"),
         ("bad-ctx.toml", "engine.ctx"),
         ("small-ctx.toml", "ctx must be auto or at least 256"),
+        (
+            "odd-shapes.toml",
+            "verify_shapes must be 0 (off) or a power of two",
+        ),
+        ("two-shapes.toml", "not both"),
         ("bad-rpc.toml", "gpu.rpc"),
     ];
     for (file, needle) in expect {

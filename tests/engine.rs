@@ -111,17 +111,19 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
         // RAPID as shipped (lookups + adaptive drafts), lookups verified in a fixed batch of 8
         // (padded), lookups with fixed lengths (up to 16 tokens, else the drafter's γ), the
         // paper's RAPID (drafter only, fixed γ), vanilla SD.
-        for (mode, gamma, lookup, adaptive, verify_batch) in [
-            (Mode::Rapid, 4, true, true, 0),
-            (Mode::Rapid, 4, true, true, 8),
-            (Mode::Rapid, 4, true, false, 0),
-            (Mode::Rapid, 8, false, false, 0),
-            (Mode::Sd, 4, false, false, 0),
+        for (mode, gamma, lookup, adaptive, verify_batch, verify_shapes) in [
+            (Mode::Rapid, 4, true, true, 0, 0),
+            (Mode::Rapid, 4, true, true, 8, 0),
+            (Mode::Rapid, 4, true, true, 0, 16),
+            (Mode::Rapid, 4, true, false, 0, 0),
+            (Mode::Rapid, 8, false, false, 0, 0),
+            (Mode::Sd, 4, false, false, 0, 0),
         ] {
             let mut settings = settings(mode, gamma);
             settings.lookup = lookup;
             settings.adaptive = adaptive;
             settings.verify_batch = verify_batch;
+            settings.verify_shapes = verify_shapes;
             let spec = engine
                 .answer(index, &q, &[], &settings, &mut |_| Flow::Continue)
                 .unwrap();
@@ -129,6 +131,12 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
             if verify_batch > 0 {
                 // Every round decodes the batch, drafting a lookup whenever there is one.
                 assert_eq!(s.drafted, s.lookup_drafted, "{s:?}");
+            }
+            if verify_shapes > 0 {
+                // Only lookups are drafted, and the policy's curve is the shapes' steady times.
+                assert_eq!(s.drafted, s.lookup_drafted, "{s:?}");
+                let sizes: Vec<usize> = s.verify_curve.iter().map(|p| p.0).collect();
+                assert_eq!(sizes, [1, 2, 4, 8, 16], "{s:?}");
             }
             if !adaptive {
                 // (The adaptive policy may rightly draft little on this CPU.)
@@ -147,7 +155,9 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
                 assert_eq!(s.lookup_drafted, 0);
             }
             lookup_accepted += s.lookup_accepted;
-            let gamma = format!("{gamma} lookup={lookup} adaptive={adaptive} batch={verify_batch}");
+            let gamma = format!(
+                "{gamma} lookup={lookup} adaptive={adaptive} batch={verify_batch} shapes={verify_shapes}"
+            );
             compared += 1;
             if let Some(i) = first_difference(&ar.output.tokens, &spec.output.tokens) {
                 // Identical up to here; at the first difference the target must be near a tie.

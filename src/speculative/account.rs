@@ -38,6 +38,8 @@ pub struct Gauges {
     pub draft_n_ctx: usize,
     pub ceiling: f64,
     pub verify_curve: Vec<(usize, f64)>,
+    /// Changes of the verification shape (with fixed shapes).
+    pub shape_switches: usize,
     pub cancelled: bool,
 }
 
@@ -155,6 +157,7 @@ impl Tally {
             },
             ceiling: gauges.ceiling,
             verify_curve: gauges.verify_curve,
+            shape_switches: gauges.shape_switches,
             cancelled: gauges.cancelled,
             ..c.clone()
         }

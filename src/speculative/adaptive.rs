@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::lookup::Proposal;
+use super::shapes::{ShapeCosts, Shapes};
 use crate::llm::Token;
 
 /// Where a round's draft came from.
@@ -96,13 +97,13 @@ impl Rate {
 
 /// A decayed running mean.
 #[derive(Debug, Clone, Copy, Default)]
-struct Mean {
+pub(super) struct Mean {
     value: f64,
     n: f64,
 }
 
 impl Mean {
-    fn record(&mut self, x: f64) {
+    pub(super) fn record(&mut self, x: f64) {
         // One slow outlier (a GPU's first batch of a new shape, a busy machine) must not decide
         // for long: it counts as at most three times the current value.
         let x = if self.n > 0.0 {
@@ -114,7 +115,7 @@ impl Mean {
         self.value += (x - self.value) / self.n;
     }
 
-    fn get(&self) -> Option<f64> {
+    pub(super) fn get(&self) -> Option<f64> {
         (self.n > 0.0).then_some(self.value)
     }
 }
@@ -179,6 +180,8 @@ pub struct Costs {
     model: Rate,
     /// By match length, for matches in the prompt, then for matches in the answer.
     lookup: [Rate; 8],
+    /// With fixed verification shapes: theirs.
+    shapes: ShapeCosts,
 }
 
 impl Default for Costs {
@@ -188,6 +191,7 @@ impl Default for Costs {
             draft_step: Mean::default(),
             model: Rate::prior(0.6),
             lookup: [0.3, 0.5, 0.6, 0.75, 0.4, 0.6, 0.8, 0.9].map(Rate::prior),
+            shapes: ShapeCosts::default(),
         }
     }
 }
@@ -201,6 +205,18 @@ impl Costs {
     /// Records the time of a verification of `g` tokens.
     pub fn record_verify(&mut self, g: usize, t: Duration) {
         self.verify.record(g, t.as_secs_f64());
+    }
+
+    /// Records a calibration of a fixed verification shape: its steady time, and the extra
+    /// time of the two batches after a change to it.
+    pub fn record_shape(&mut self, size: usize, steady: Duration, switch: Duration) {
+        self.shapes.record_steady(size, steady.as_secs_f64());
+        self.shapes.record_switch(switch.as_secs_f64());
+    }
+
+    /// Whether every one of the fixed shapes `sizes` has been timed.
+    pub fn shapes_calibrated(&self, sizes: &[usize]) -> bool {
+        self.shapes.calibrated(sizes)
     }
 
     /// The verification time per batch size measured so far, as (size, seconds), smallest first.
@@ -272,6 +288,8 @@ pub struct Policy {
     /// The time this answer's drafted rounds saved over plain steps for the same tokens, in
     /// seconds (negative: lost).
     gained: f64,
+    /// With fixed verification shapes: the answer's shape as it goes.
+    shapes: Option<Shapes>,
 }
 
 impl Policy {
@@ -286,6 +304,104 @@ impl Policy {
             idle: 0,
             tokens: 0,
             gained: 0.0,
+            shapes: None,
+        }
+    }
+
+    /// Verifies in fixed shapes of 1, 2, 4, … `largest` tokens (see [`super::shapes`]).
+    pub fn with_shapes(mut self, largest: usize) -> Self {
+        self.shapes = Some(Shapes::new(largest));
+        self
+    }
+
+    /// The fixed shapes' sizes (empty without them).
+    pub fn shape_sizes(&self) -> &[usize] {
+        self.shapes.as_ref().map_or(&[], |s| s.sizes())
+    }
+
+    /// Records a calibration of the fixed shape `size` (see [`Costs::record_shape`]).
+    pub fn record_shape(&mut self, size: usize, steady: Duration, switch: Duration) {
+        self.costs.record_shape(size, steady, switch);
+    }
+
+    /// Whether every fixed shape of this answer has been timed.
+    pub fn shapes_calibrated(&self) -> bool {
+        self.costs.shapes_calibrated(self.shape_sizes())
+    }
+
+    /// Rounds verified in the current fixed shape since it was taken (None: no fixed shapes).
+    pub fn rounds_in_shape(&self) -> Option<usize> {
+        self.shapes.as_ref().map(Shapes::rounds_in)
+    }
+
+    /// The changes of shape in this answer.
+    pub fn shape_switches(&self) -> usize {
+        self.shapes.as_ref().map_or(0, |s| s.switches)
+    }
+
+    /// With fixed shapes: the shape of the next round, given the tokens the answer may still
+    /// have.
+    pub fn shape(&mut self, left: usize) -> Option<usize> {
+        let t1 = self.costs.shapes.steady(1)?;
+        let risk = self.risk(t1);
+        let tokens = self.tokens;
+        let shapes = self.shapes.as_mut()?;
+        Some(shapes.choose(&self.costs.shapes, risk, tokens, left))
+    }
+
+    /// With fixed shapes: replays on them the tokens a round `produced`, given its lookup `p`
+    /// (if any).
+    pub fn observe_shapes(&mut self, p: Option<&Proposal>, produced: &[Token]) {
+        let Some(shapes) = self.shapes.as_ref() else {
+            return;
+        };
+        let agreed = p.map_or(0, |p| {
+            p.tokens
+                .iter()
+                .zip(produced)
+                .take_while(|(a, b)| a == b)
+                .count()
+        });
+        shapes.observe(
+            &mut self.costs.shapes,
+            (0..produced.len()).map(|j| j < agreed),
+        );
+    }
+
+    /// Records a round verified in the current fixed shape (padded): the shape's time, the
+    /// lookup's acceptance, and what the round gained or lost over plain steps.
+    pub fn record_shaped(&mut self, round: Round) {
+        let produced = round.accepted + 1;
+        self.tokens += produced;
+        // Every round counts: a padded round without a draft loses. The two rounds after a
+        // change count at the shape's steady time: the change paid for itself by the tokens it
+        // was expected to save (and the answer's first two pay the prefill's, as plain steps do).
+        if let Some(shapes) = self.shapes.as_ref()
+            && let Some(t1) = self.costs.shapes.steady(1)
+        {
+            let steady = self.costs.shapes.steady(shapes.size());
+            let t = match steady {
+                Some(t) if shapes.changing() => t,
+                _ => (round.t_draft + round.t_verify).as_secs_f64(),
+            };
+            self.gained += produced as f64 * t1 - t;
+        }
+        if let Some(shapes) = self.shapes.as_mut() {
+            shapes.record(&mut self.costs.shapes, round.t_verify.as_secs_f64());
+        }
+        if round.source == DraftSource::Lookup && round.drafted > 0 {
+            self.costs.lookup[bucket(round.match_len, round.lookup_in_answer)]
+                .record(round.accepted, round.rejected);
+        }
+    }
+
+    /// The verification times the policy works with, as (size, seconds): the fixed shapes'
+    /// steady times with them, else the time per batch size.
+    pub fn curve(&self) -> Vec<(usize, f64)> {
+        if self.shapes.is_some() {
+            self.costs.shapes.curve()
+        } else {
+            self.costs.verify_curve()
         }
     }
 
@@ -480,7 +596,7 @@ impl Policy {
     /// The best speed-up over plain steps that drafts could give if they were free and always
     /// accepted: the most of `g · t(1) / t(g)` over the batch sizes measured.
     pub fn ceiling(&self) -> Option<f64> {
-        let curve = self.costs.verify_curve();
+        let curve = self.curve();
         let &(_, t1) = curve.iter().find(|p| p.0 == 1)?;
         curve
             .iter()

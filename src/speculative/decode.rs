@@ -93,10 +93,23 @@ pub fn generate(
         drafter.as_ref().map_or(1.0, |d| d.cost_hint),
     )
     .with_costs(std::mem::take(costs));
-    let fixed_shape = params.lookup && params.verify_batch > 1;
+    let shaped = params.lookup && params.adaptive && params.verify_shapes > 1;
+    if shaped {
+        policy = policy.with_shapes(params.verify_shapes);
+    }
+    let fixed_shape =
+        Some(verify_batch(params, target.on_gpu())).filter(|&g| !shaped && params.lookup && g > 1);
     // Once per engine; counted with the prefill (before the first token), not the decoding.
-    if params.adaptive && !fixed_shape && !cancelled && !policy.costs().calibrated() {
-        calibrate(target, prompt[prompt.len() - 1], params, &mut policy)?;
+    let pending = prompt[prompt.len() - 1];
+    if shaped && !cancelled && !policy.shapes_calibrated() {
+        calibrate_shapes(target, pending, &mut policy)?;
+    } else if params.adaptive
+        && !shaped
+        && fixed_shape.is_none()
+        && !cancelled
+        && !policy.costs().calibrated()
+    {
+        calibrate(target, pending, params, &mut policy)?;
     }
     tally.prefill_done(started.elapsed().as_secs_f64());
     let clock = Clock {
@@ -146,10 +159,14 @@ pub fn generate(
             &mut rng,
         )?;
         let t_verify = t1.elapsed();
-        tally.timed(t_draft, t_verify, draft.tokens.is_empty());
+        // (A round padded to a larger shape is no plain step, even without a draft.)
+        let plain = draft.tokens.is_empty() && (!plan.shaped || plan.fixed == Some(1));
+        tally.timed(t_draft, t_verify, plain);
         let measured = measured(&plan, source, &draft, &verified, t_draft, t_verify);
         // (A fixed shape's times are not those of its drafts' sizes.)
-        if plan.fixed.is_none() {
+        if plan.shaped {
+            policy.record_shaped(measured);
+        } else if plan.fixed.is_none() {
             policy.record(measured);
         }
 
@@ -196,11 +213,15 @@ pub fn generate(
             Some(Stop::Cancelled) => cancelled = true,
             Some(Stop::Limit) | None => {}
         }
+        if plan.shaped {
+            let produced = &answer.generated[answer.generated.len() - emitted.emitted..];
+            policy.observe_shapes(plan.proposal.as_ref(), produced);
+        }
         // A lookup the round did not use is scored against what the round produced.
         if let Some(p) = plan
             .proposal
             .as_ref()
-            .filter(|_| source != DraftSource::Lookup && plan.fixed.is_none())
+            .filter(|_| source != DraftSource::Lookup && (plan.fixed.is_none() || plan.shaped))
         {
             let produced = &answer.generated[answer.generated.len() - emitted.emitted..];
             policy.observe_declined(p, produced);
@@ -224,7 +245,7 @@ pub fn generate(
         if sink(round) == Flow::Cancel {
             cancelled = true;
         }
-        tally.round_ended(t0.elapsed(), draft.tokens.is_empty());
+        tally.round_ended(t0.elapsed(), plain);
         if emitted.stop.is_some() {
             break;
         }
@@ -355,24 +376,41 @@ impl<'m> Answer<'m> {
 struct Plan {
     /// The fixed batch shape, while the context has room for it.
     fixed: Option<usize>,
+    /// Whether that shape is one the policy chose among several (else `verify_batch`).
+    shaped: bool,
     proposal: Option<Proposal>,
     choice: adaptive::Choice,
+}
+
+/// The fixed batch shape of every round (1: none): `verify_batch`, where 0 is 4 on a GPU (the
+/// H100 measurements in the README: a changing shape costs a CUDA graph capture) and 1 on a CPU.
+pub fn verify_batch(params: &EngineConfig, on_gpu: bool) -> usize {
+    match params.verify_batch {
+        0 if on_gpu => 4,
+        0 => 1,
+        g => g,
+    }
 }
 
 /// Chooses the round's draft: the lookup's proposal (if any) and the drafter's room are the
 /// options; the policy picks, except under a fixed batch shape, where the lookup is free.
 fn choose(
     params: &EngineConfig,
-    fixed_shape: bool,
+    fixed_shape: Option<usize>,
     target: &Context,
     drafter: Option<&Drafter<'_>>,
     answer: &Answer<'_>,
     policy: &mut Policy,
 ) -> Plan {
     let left = params.max_tokens - answer.generated.len();
-    let fixed = Some(params.verify_batch)
-        .filter(|&g| fixed_shape && target.tokens().len() + g <= target.n_ctx());
-    let lookup_max = fixed.map_or(params.lookup_max, |g| g - 1);
+    let room = |g: usize| target.tokens().len() + g <= target.n_ctx();
+    let fixed = fixed_shape.filter(|&g| room(g));
+    let largest = policy.shape_sizes().last().copied();
+    let lookup_max = match (fixed, largest) {
+        (Some(g), _) => g - 1,
+        (None, Some(s)) => params.lookup_max.min(s - 1),
+        (None, None) => params.lookup_max,
+    };
     let proposal = answer
         .lookup
         .as_ref()
@@ -385,6 +423,25 @@ fn choose(
     let model_behind = drafter.map_or(0, |d| {
         answer.draft_seq.len() - common_prefix(d.ctx.tokens(), &answer.draft_seq)
     });
+    if largest.is_some()
+        && let Some(s) = policy.shape(left).filter(|&s| room(s))
+    {
+        // The batch costs the same whatever it holds: as much of the lookup as fits.
+        let k = proposal.as_ref().map_or(0, |p| p.tokens.len().min(s - 1));
+        let choice = match k {
+            0 => adaptive::Choice::NONE,
+            k => adaptive::Choice {
+                source: DraftSource::Lookup,
+                k,
+            },
+        };
+        return Plan {
+            fixed: Some(s),
+            shaped: true,
+            proposal,
+            choice,
+        };
+    }
     let choice = match (fixed, proposal.as_ref()) {
         // The batch costs the same whatever it holds: the whole lookup, or nothing.
         (Some(_), Some(p)) => adaptive::Choice {
@@ -401,6 +458,7 @@ fn choose(
     };
     Plan {
         fixed,
+        shaped: false,
         proposal,
         choice,
     }
@@ -537,7 +595,8 @@ fn account(
         target_n_ctx: target.n_ctx(),
         draft_n_ctx: drafter.map_or(0, |d| d.ctx.n_ctx()),
         ceiling: policy.ceiling().unwrap_or(0.0),
-        verify_curve: policy.costs().verify_curve(),
+        verify_curve: policy.curve(),
+        shape_switches: policy.shape_switches(),
         cancelled,
     })
 }
@@ -573,6 +632,48 @@ fn calibrate(
         }
     }
     tracing::debug!(?sizes, passes, "verification costs calibrated");
+    Ok(())
+}
+
+/// Times each fixed verification shape, once per engine: three batches in a row, where on a GPU
+/// the first runs without a CUDA graph, the second captures one and the third replays it (the
+/// steady time; the first two's extra is what a change of shape costs). On a GPU the whole is
+/// run twice and the second pass kept (a shape's very first batch pays one-time set-up). The
+/// batches are rolled back: the cache is as before.
+fn calibrate_shapes(target: &mut Context, pending: Token, policy: &mut Policy) -> Result<()> {
+    let base = target.tokens().len();
+    let sizes: Vec<usize> = policy
+        .shape_sizes()
+        .iter()
+        .copied()
+        .filter(|&g| base + g <= target.n_ctx())
+        .collect();
+    let passes = if target.on_gpu() { 2 } else { 1 };
+    let mut seen = Vec::with_capacity(sizes.len());
+    for pass in 0..passes {
+        for &g in &sizes {
+            let mut times = [Duration::ZERO; 3];
+            for t in &mut times {
+                let started = Instant::now();
+                target.decode_all(&vec![pending; g])?;
+                for i in 0..g {
+                    std::hint::black_box(argmax_margin(target.logits(i)));
+                }
+                *t = started.elapsed();
+                target.truncate(base)?;
+            }
+            if pass + 1 == passes {
+                let switch = (times[0] + times[1]).saturating_sub(times[2] * 2);
+                policy.record_shape(g, times[2], switch);
+                seen.push((g, times.map(|t| (t.as_secs_f64() * 1e5).round() / 1e2)));
+            }
+        }
+    }
+    tracing::info!(
+        ?seen,
+        passes,
+        "verification shapes calibrated (size, ms of three batches in a row)"
+    );
     Ok(())
 }
 

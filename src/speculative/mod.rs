@@ -9,6 +9,7 @@ pub mod emit;
 pub mod lookup;
 pub mod replay;
 pub mod sampling;
+pub mod shapes;
 pub mod verify;
 
 use std::time::Duration;
@@ -137,6 +138,9 @@ pub struct Stats {
     /// The verification time per batch size the policy had measured by the end of the answer
     /// (calibration and rounds, recent ones weighing more), as (size, seconds).
     pub verify_curve: Vec<(usize, f64)>,
+    /// Changes of the verification shape (with fixed shapes: `verify_shapes`), each of which
+    /// makes llama.cpp capture a CUDA graph anew.
+    pub shape_switches: usize,
     /// Whether the answer was cut short by cancellation.
     pub cancelled: bool,
 }
