@@ -4,12 +4,18 @@
 #   1. SmolLM2 on the demo questions: ar, rapid, sd, rag at two context sizes, 256-token answers
 #      (bench, 2 repeats); then ar and rapid with every round verified in a fixed batch of 8
 #      (--verify-batch 8: the batch shape never changes, so llama.cpp keeps its CUDA graph).
+#      (With the defaults, "rapid" is itself a fixed shape of 4 on a GPU.)
 #   2. Passkey and kv retrieval quality at an 8K-token target context: ar, rag, rapid (eta 0 and
 #      eta 0.5).
 #   3. rapid-chat's AR step on a synthetic 8B-shaped model at 32K, 64K and 128K tokens of
 #      context, next to step_cost.cpp's floor for the same model and depths. The synthetic model
 #      ends its answers at once, so they run with --ignore-eos; the median step is compared (the
 #      first step after a prefill pays llama.cpp's warm-up, as step_cost's 5 discarded steps do).
+#   4. Verification shapes (SmolLM2, demo questions, 4608 and 8192): rapid against AR with the
+#      defaults (on a GPU every round in a fixed shape of 4), with each round's batch as long as
+#      its draft (--verify-batch 1), and in shapes the policy chooses among (--verify-shapes 16
+#      and 8: 1, 2, 4, ... tokens, padded); and rapid-chat's own cost curve of the shapes
+#      (cost-curve: the same shape over and over, so replayed graphs).
 # Results go to $OUT/results.tar.gz (default OUT ./gpu-out); a summary is printed. Each part has a
 # time limit so a slow part cannot eat the others' device time; PARTS=12 runs only parts 1 and 2. step_cost.cpp needs llama.h and
 # ggml.h: from $HEADERS (default .gpu/headers, with include/ and ggml/include/ of the vendored
@@ -32,6 +38,9 @@ for path in sys.argv[1:]:
     except Exception as e:
         print(f"{path}: no result ({e})"); continue
     print(path.rsplit('/', 1)[-1])
+    switches = [r["stats"].get("shape_switches", 0) for r in d["runs"] if r["mode"] == "rapid"]
+    if any(switches):
+        print(f"  rapid's changes of shape per answer: {sum(switches) / len(switches):.1f}")
     for s in d["summary"]:
         sp = s["speedup_median"]; mn = s["speedup_min"]; c = s["correct"]
         print(f"  {s['mode']:5} {s['tok_s_median']:8.1f} tok/s  x{sp if sp is None else round(sp, 2)} "
@@ -47,7 +56,7 @@ for path in sys.argv[1:]:
 EOF
 }
 
-PARTS=${PARTS:-123}
+PARTS=${PARTS:-1234}
 t0=$(date +%s)
 for spec in "4608 1536 1024" "8192 6144 4096"; do
   [[ $PARTS == *1* ]] || break
@@ -69,6 +78,28 @@ for eta in 0 0.5; do
     --json >"$OUT/quality-eta$eta.json" 2>"$OUT/quality-eta$eta.err"
 done
 [[ $PARTS == *2* ]] && { echo "part 2: $(( $(date +%s) - t0 )) s"; summary "$OUT"/quality-*.json; }
+t0=$(date +%s)
+for spec in "4608 1536 1024" "8192 6144 4096"; do
+  [[ $PARTS == *4* ]] || break
+  set -- $spec
+  # SHAPES: the variants, separated by ';' (an empty one: the defaults, a fixed shape of 4 on a
+  # GPU; --verify-batch 1: each round's batch as long as its draft).
+  IFS=';' read -ra variants <<<"${SHAPES-;--verify-batch 1;--verify-shapes 16;--verify-shapes 8}"
+  for v in "${variants[@]}"; do
+    tag=$(tr -d ' -' <<<"${v:-default}")
+    timeout 100 rapid-chat bench "$A/demo" --questions "$A/questions.json" --model "$M" \
+      --ctx "$1" --draft-ctx "$2" --retrieval-budget "$3" --max-tokens 256 --repeat 2 --json \
+      --modes ar,rapid $v >"$OUT/shapes-$1-$tag.json" 2>"$OUT/shapes-$1-$tag.err"
+  done
+done
+if [[ $PARTS == *4* ]]; then
+  timeout 60 rapid-chat cost-curve --model "$M" --ctx 8704 --depths 4608,8192 \
+    --sizes 1,2,3,4,5,8,9,16,17 --repeats 20 >"$OUT/smol-curve.csv" 2>"$OUT/smol-curve.err"
+  echo "part 4: $(( $(date +%s) - t0 )) s"; summary "$OUT"/shapes-*.json
+  echo "rapid-chat's calibrations of the shapes:"
+  grep -h "shapes calibrated" "$RAPID_CHAT_CACHE_DIR/rapid-chat.log" | sed 's/^.*seen=/  /' | sort -u | head -4
+  echo "SmolLM2's steady cost per batch size (the same shape repeated):"; cat "$OUT/smol-curve.csv"
+fi
 [[ $PARTS == *3* ]] || exit 0
 
 t0=$(date +%s)

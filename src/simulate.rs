@@ -235,7 +235,13 @@ pub fn project_all(
     drafter: Option<(&CurveTable, Option<usize>)>,
     r: &Replaying,
 ) -> Result<Report> {
-    let largest = r.gamma.max(r.lookup_max) + 2;
+    let largest = r
+        .gamma
+        .max(r.lookup_max)
+        .max(r.verify_shapes)
+        .max(r.verify_batch)
+        + 2;
+    let shaped = r.verify_shapes > 1 || r.verify_batch > 1;
     let mut costs: Option<Costs> = None;
     let mut questions = Vec::new();
     for t in traces {
@@ -248,7 +254,11 @@ pub fn project_all(
         let start = costs
             .take()
             .unwrap_or_else(|| replay::calibrated(&tc, r.gamma, r.lookup_max));
-        let (p, next) = replay::project(&tokens(t).case(), &tc, dc.as_ref(), r, start);
+        let (p, next) = if shaped {
+            replay::project_shaped(&tokens(t).case(), &tc, r, start)
+        } else {
+            replay::project(&tokens(t).case(), &tc, dc.as_ref(), r, start)
+        };
         costs = Some(next);
         questions.push(Projected {
             question: t.question.clone(),

@@ -141,6 +141,14 @@ pub struct Replaying {
     pub draft_confidence: f32,
     /// Whether the drafter model drafts at all (else lookups and plain steps only).
     pub drafter: bool,
+    /// Fixed verification shapes: 1, 2, 4, … up to this many tokens, the policy choosing (0:
+    /// off); or every round in one shape of `verify_batch` tokens (0 or 1: off; a replay does
+    /// not apply the engine's GPU default). Lookups only.
+    pub verify_shapes: usize,
+    pub verify_batch: usize,
+    /// With fixed shapes: the extra time of the two rounds after a change of shape, seconds
+    /// (on a GPU: the batch run without a CUDA graph, then the capture of a new one).
+    pub switch_s: f64,
 }
 
 impl Replaying {
@@ -152,6 +160,9 @@ impl Replaying {
             adaptive: e.adaptive,
             draft_confidence: e.draft_confidence,
             drafter: true,
+            verify_shapes: e.verify_shapes,
+            verify_batch: e.verify_batch,
+            switch_s: 0.0,
         }
     }
 }
@@ -177,6 +188,8 @@ pub struct Projection {
     pub draft_s: f64,
     /// The same tokens in plain target steps.
     pub plain_s: f64,
+    /// Changes of verification shape (with fixed shapes).
+    pub shape_switches: usize,
 }
 
 impl Projection {
@@ -316,6 +329,97 @@ pub fn project(
     (p, policy.costs().clone())
 }
 
+/// Replays verification in fixed shapes, as the decode loop does with `verify_shapes` (the
+/// policy choosing among shapes of 1, 2, 4, … tokens, see [`super::shapes`]) or `verify_batch`
+/// (every round in one shape): each round verifies as much of the lookup as its shape holds,
+/// padded, at the shape's time on `target`; the two rounds after a change of shape cost
+/// `switch_s` more between them (40% then 60%, as an H100 measured it), except the answer's
+/// first two, which plain steps pay as well. Lookups only.
+pub fn project_shaped(
+    case: &Case<'_>,
+    target: &CostCurve,
+    r: &Replaying,
+    costs: Costs,
+) -> (Projection, Costs) {
+    let Case {
+        draft_prompt,
+        prompt,
+        answer,
+        ..
+    } = *case;
+    let n = answer.len();
+    let fixed = (r.verify_shapes <= 1).then_some(r.verify_batch.max(1));
+    let largest = fixed.unwrap_or(r.verify_shapes);
+    let props = proposals(draft_prompt, prompt, answer, r.lookup_max.min(largest - 1));
+    let mut policy = Policy::new(true, 1.0).with_costs(costs);
+    if fixed.is_none() {
+        policy = policy.with_shapes(largest);
+        if !policy.shapes_calibrated() {
+            for s in super::shapes::sizes(largest) {
+                policy.record_shape(s, target.duration(s), Duration::from_secs_f64(r.switch_s));
+            }
+        }
+    }
+    let mut p = Projection {
+        tokens: n,
+        plain_s: n as f64 * target.t(1),
+        ..Projection::default()
+    };
+    let mut i = 0;
+    while i < n {
+        let left = n - i;
+        let prop = props[i].as_ref();
+        let changes = policy.shape_switches();
+        let shape = fixed.or_else(|| policy.shape(left)).unwrap_or(1);
+        let extra = match policy.rounds_in_shape() {
+            Some(0) if policy.shape_switches() > 0 => 0.4 * r.switch_s,
+            Some(1) if changes > 0 => 0.6 * r.switch_s,
+            _ => 0.0,
+        };
+        let (k, agree) = prop.map_or((0, 0), |(q, agree)| (q.tokens.len().min(shape - 1), *agree));
+        let accepted = agree.min(k);
+        let source = if k > 0 {
+            DraftSource::Lookup
+        } else {
+            DraftSource::None
+        };
+        let produced = (accepted + 1).min(left);
+        let t_verify = target.t(shape) + extra;
+        let round = adaptive::Round {
+            source,
+            match_len: prop.map_or(0, |(q, _)| q.match_len),
+            lookup_in_answer: prop.is_some_and(|(q, _)| q.in_answer),
+            drafted: k,
+            accepted,
+            rejected: accepted < k,
+            t_draft: Duration::ZERO,
+            t_draft_step: None,
+            t_verify: Duration::from_secs_f64(t_verify),
+        };
+        if fixed.is_none() {
+            policy.record_shaped(round);
+            policy.observe_shapes(prop.map(|(q, _)| q), &answer[i..i + produced]);
+            if let Some((q, _)) = prop.filter(|_| source != DraftSource::Lookup) {
+                policy.observe_declined(q, &answer[i..i + produced]);
+            }
+        }
+        p.rounds += 1;
+        p.drafted += k;
+        p.accepted += accepted;
+        p.verify_s += t_verify;
+        if k > 0 {
+            p.lookup_rounds += 1;
+            p.from_lookup += accepted.min(produced);
+        } else {
+            p.plain_rounds += 1;
+        }
+        p.from_target += produced - accepted.min(produced);
+        i += produced;
+    }
+    p.shape_switches = policy.shape_switches();
+    (p, policy.costs().clone())
+}
+
 /// Replays the adaptive policy (starting from `costs`, e.g. a calibration with `curve`) on the
 /// greedy `answer` to a `prompt` whose drafter saw `extra`, with lookups and plain steps only
 /// (see [`project`]). Returns the replay and the costs it ends with (for the next answer).
@@ -340,6 +444,9 @@ pub fn replay_policy(
         adaptive: true,
         draft_confidence: 0.0,
         drafter: false,
+        verify_shapes: 0,
+        verify_batch: 0,
+        switch_s: 0.0,
     };
     let (p, costs) = project(&case, curve, None, &lookups_only, costs);
     let replay = Replay {
@@ -490,6 +597,56 @@ mod tests {
         );
     }
 
+    /// Fixed shapes: one shape replays as `replay_fixed` does; the policy's shapes find the
+    /// loop in a repetitive answer and pay for their changes, and stay plain steps (after a
+    /// change back at most) where nothing is to be looked up.
+    #[test]
+    fn fixed_shapes_replay_the_batch_and_the_policy_pays_for_its_changes() {
+        let prompt = toks(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        let mut answer: Vec<Token> = (100..140).map(Token::new).collect();
+        for _ in 0..40 {
+            answer.extend(toks(&[30, 31, 32, 33, 34, 35, 36]));
+        }
+        let case = Case {
+            draft_prompt: &[],
+            prompt: &prompt,
+            answer: &answer,
+            drafts: &[],
+        };
+        // An H100's SmolLM2 (ms): a change of shape costs about four steps.
+        let curve = CostCurve::parse("1:1.3,2:1.45,4:1.81,8:2.13,16:4.06", 17).unwrap();
+        let shaped = |verify_shapes, verify_batch, switch_s| Replaying {
+            verify_shapes,
+            verify_batch,
+            switch_s,
+            ..replaying(false)
+        };
+        let (one, _) = project_shaped(&case, &curve, &shaped(0, 4, 0.005), Costs::default());
+        let fixed = replay_fixed(&[], &prompt, &answer, 4, curve.t(4));
+        assert_eq!((one.rounds, one.accepted), (fixed.rounds, fixed.accepted));
+        assert!((one.verify_s - fixed.seconds).abs() < 1e-9);
+        assert_eq!(one.shape_switches, 0);
+        let (policy, costs) =
+            project_shaped(&case, &curve, &shaped(16, 0, 0.005), Costs::default());
+        assert_eq!(policy.tokens, answer.len());
+        assert!(policy.shape_switches >= 1, "{policy:?}");
+        assert!(
+            policy.speedup() > one.speedup(),
+            "the loop pays for a larger shape: {:.2}x against {:.2}x",
+            policy.speedup(),
+            one.speedup()
+        );
+        // The next answer quotes nothing: it loses at most its budget's worth, and a change.
+        let plain: Vec<Token> = (200..300).map(Token::new).collect();
+        let case = Case {
+            answer: &plain,
+            ..case
+        };
+        let (p, _) = project_shaped(&case, &curve, &shaped(16, 0, 0.005), costs);
+        assert!(p.shape_switches <= 1, "{p:?}");
+        assert!(p.speedup() > 0.9, "{p:?}: {:.2}x", p.speedup());
+    }
+
     #[test]
     fn nothing_to_look_up_is_plain_steps() {
         let prompt = toks(&[1, 2, 3]);
@@ -535,6 +692,9 @@ mod tests {
             adaptive: true,
             draft_confidence: 0.0,
             drafter,
+            verify_shapes: 0,
+            verify_batch: 0,
+            switch_s: 0.0,
         }
     }
 
