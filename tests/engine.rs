@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use rapid_chat::config::{Config, CtxSize, EngineConfig, KvType};
 use rapid_chat::corpus::CorpusIndex;
+use rapid_chat::llm::context::sliding_window;
 use rapid_chat::llm::{Context, ContextSettings, Models, fetch};
 use rapid_chat::session::Engine;
 use rapid_chat::session::sizing::{Bound, CPU_MAX};
@@ -79,6 +80,28 @@ fn first_difference(a: &[GenToken], b: &[GenToken]) -> Option<usize> {
 
 /// Below this top-1/top-2 logit gap, llama.cpp's batch-shape rounding may flip the argmax.
 const NEAR_TIE: f32 = 0.25;
+
+/// Asserts that two greedy answers are the same token for token, or differ first where either
+/// was near a tie.
+fn same_up_to_near_ties(
+    a: &rapid_chat::speculative::decode::Output,
+    b: &rapid_chat::speculative::decode::Output,
+    what: &str,
+) {
+    let Some(i) = first_difference(&a.tokens, &b.tokens) else {
+        return;
+    };
+    let at = |o: &rapid_chat::speculative::decode::Output| {
+        o.tokens.get(i).map(|t| t.margin).or(o.end_margin)
+    };
+    let margin = at(a).into_iter().chain(at(b)).fold(f32::INFINITY, f32::min);
+    assert!(
+        margin < NEAR_TIE,
+        "{what}: differs at token {i} with a clear margin {margin:.3}\n{:?}\n{:?}",
+        a.text,
+        b.text
+    );
+}
 
 #[test]
 fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
@@ -323,16 +346,16 @@ fn reopening_restores_the_documents_from_the_kv_cache_with_the_same_answer() {
         "{saved:?}"
     );
     // Reopening (a new engine, as after a restart): restored, only the question decoded, and
-    // the same answer token for token.
+    // the same answer token for token up to near ties (the question is decoded in a batch of
+    // its own, not after the documents' last tokens, and Gemma's flash attention on a CPU
+    // rounds by the batch).
     let mut second = Engine::new(models.clone(), &engine_config()).unwrap();
     second.set_kv_cache(Some(cache.clone()));
     let b = answer(&mut second);
     let st = &b.output.stats;
     assert!(st.restored_tokens > 3000, "{st:?}");
     assert!(st.target_prefill_tokens < 100, "{st:?}");
-    let ids =
-        |a: &rapid_chat::session::Answer| a.output.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
-    assert_eq!(ids(&a), ids(&b));
+    same_up_to_near_ties(&a.output, &b.output, "restored");
     // A damaged state file is not loaded: decoded again, same answer.
     let kv = saved.iter().find(|n| n.ends_with(".kv")).unwrap();
     let path = dir.path().join("kv").join(kv);
@@ -345,6 +368,8 @@ fn reopening_restores_the_documents_from_the_kv_cache_with_the_same_answer() {
     third.set_kv_cache(Some(cache));
     let c = answer(&mut third);
     assert_eq!(c.output.stats.restored_tokens, 0);
+    let ids =
+        |a: &rapid_chat::session::Answer| a.output.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
     assert_eq!(ids(&a), ids(&c));
 }
 
@@ -537,8 +562,16 @@ fn rollback_on_a_sliding_window_model_matches_a_fresh_context() {
         remote: false,
     };
 
+    // Its sliding-window layers turn flash attention on, on a CPU too (SmolLM2 has none): the
+    // rollback below goes through it.
+    assert_eq!(sliding_window(models.target), Some(512));
+    let other = Models::load(&smollm2(), None, 0).unwrap();
+    assert_eq!(sliding_window(other.target), None);
+    assert!(!Context::new(other.target, spec).unwrap().flash_attention());
+
     // Decode prompt + detour, roll the detour back, decode the ending.
     let mut rewound = Context::new(models.target, spec).unwrap();
+    assert!(rewound.flash_attention());
     rewound.prefill(&prompt, &mut |_, _| true).unwrap();
     rewound
         .prefill(&[prompt.clone(), detour.clone()].concat(), &mut |_, _| true)

@@ -22,7 +22,8 @@ use crate::config::KvType;
 pub struct ContextSettings {
     pub n_ctx: u32,
     pub threads: u32,
-    /// Flash attention: slower on CPUs here, left to llama.cpp on GPUs.
+    /// Flash attention, left to llama.cpp (GPUs). Without it, a CPU still gets it for a model
+    /// with sliding-window layers ([`Context::new`]).
     pub flash_attention: bool,
     /// Whether the cache lives in GPU memory (else its size is checked against free RAM).
     pub gpu: bool,
@@ -31,6 +32,19 @@ pub struct ContextSettings {
     /// The cache's element type (a quantized one needs flash attention: [`Context::new`] turns
     /// it on).
     pub kv_type: KvType,
+}
+
+/// The attention window of `model`'s sliding-window layers, if it has any (from its GGUF
+/// metadata, `<architecture>.attention.sliding_window`).
+pub fn sliding_window(model: &LlamaModel) -> Option<u32> {
+    let arch = model.meta_val_str("general.architecture").ok()?;
+    model
+        .meta_val_str(&format!("{arch}.attention.sliding_window"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&w| w > 0)
 }
 
 /// A context with the tokens its KV cache holds (positions `0..tokens.len()`).
@@ -45,6 +59,8 @@ pub struct Context {
     /// Time spent inside llama.cpp's decode since the context was made.
     busy: Duration,
     gpu: bool,
+    /// Whether flash attention was asked for (enabled, or left to llama.cpp).
+    flash: bool,
 }
 
 impl Context {
@@ -57,7 +73,12 @@ impl Context {
         let flash = if spec.kv_type != KvType::F16 {
             // llama.cpp refuses a quantized V cache without flash attention.
             llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED
-        } else if spec.flash_attention {
+        } else if spec.flash_attention || sliding_window(model).is_some() {
+            // On a CPU, flash attention skips the positions a mask hides, which the sliding
+            // window layers' full cache (`swa_full`) is mostly made of: Gemma 3 270M steps in 18
+            // ms instead of 27 at 4608 tokens, 21 instead of 34 at 8192, and reads 1.2-1.6 times
+            // faster. For a model without such layers it is slower here (SmolLM2: 30 ms a step
+            // against 23).
             llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO
         } else {
             llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -88,7 +109,14 @@ impl Context {
             logit_rows: Vec::new(),
             busy: Duration::ZERO,
             gpu: spec.gpu,
+            flash: flash != llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
         })
+    }
+
+    /// Whether flash attention was asked for (it changes the cache's layout: part of the corpus
+    /// KV cache's key).
+    pub fn flash_attention(&self) -> bool {
+        self.flash
     }
 
     /// Whether its cache lives in GPU memory.

@@ -300,7 +300,7 @@ impl Engine {
         let settings = format!(
             "n_ctx={} flash={} swa_full=1 kv_type={}",
             self.target.n_ctx(),
-            self.contexts.flash_attention,
+            self.target.flash_attention(),
             self.contexts.kv_type
         );
         let key = kvcache::key(&self.model_id, &settings, docs);
