@@ -1,6 +1,7 @@
 #!/bin/bash
 # The GPU measurements of rapid-chat's speed work, run ON the GPU host after the chunks of
-# ../shared/gpu/stage.sh (see its README): `bash .gpu/N/device.sh -- bash scripts/gpu-bench.sh`.
+# scripts/gpu-stage.sh (../shared/gpu/stage.sh and the RPC library; see its README):
+# `bash .gpu/N/device.sh -- bash scripts/gpu-bench.sh`.
 #   1. SmolLM2 on the demo questions: ar, rapid, sd, rag at two context sizes, 256-token answers
 #      (bench, 2 repeats); then ar and rapid with every round verified in a fixed batch of 8
 #      (--verify-batch 8: the batch shape never changes, so llama.cpp keeps its CUDA graph).
@@ -22,6 +23,11 @@
 # llama.cpp) or anywhere under $G.
 set -uo pipefail
 : "${G:?run through device.sh, which sets G}"
+# llama.cpp's RPC backend, which the shared CUDA build lacks (scripts/gpu-stage.sh packs it).
+for lib in .gpu/*/rpc/libggml-rpc.so.*; do
+  [ -e "$lib" ] || continue
+  cp "$lib" "$G/lib/" && ln -sf "$(basename "$lib")" "$G/lib/libggml-rpc.so.0"
+done
 FINAL=${OUT:-$PWD/gpu-out}
 OUT=/tmp/gpu-bench
 HEADERS=${HEADERS:-$PWD/.gpu/headers}

@@ -1,11 +1,16 @@
 #!/bin/bash
-# A short GPU check, run ON the GPU host after the chunks of ../shared/gpu/stage.sh:
+# A short GPU check, run ON the GPU host after the chunks of scripts/gpu-stage.sh:
 # `bash .gpu/N/device.sh -- bash scripts/gpu-check.sh`. Where the models run (the device line of
 # `ask`), then the demo questions in every mode at a 4608-token target context (bench, 2 repeats,
 # 256-token answers): within about 3 minutes of device time, for checking a change against the
 # numbers of `scripts/gpu-bench.sh` part 1.
 set -uo pipefail
 : "${G:?run through device.sh, which sets G}"
+# llama.cpp's RPC backend, which the shared CUDA build lacks (scripts/gpu-stage.sh packs it).
+for lib in .gpu/*/rpc/libggml-rpc.so.*; do
+  [ -e "$lib" ] || continue
+  cp "$lib" "$G/lib/" && ln -sf "$(basename "$lib")" "$G/lib/libggml-rpc.so.0"
+done
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 export RAPID_CHAT_CACHE_DIR=/root/rc/cache RAPID_CHAT_DATA_DIR=/root/rc/data RAPID_CHAT_CONFIG_DIR=/root/rc/config
