@@ -604,6 +604,7 @@ impl Engine {
                     prompt: draft_prompt,
                     cost_hint: self.models.drafter.size() as f64
                         / self.models.target.size().max(1) as f64,
+                    same_model: self.models.same,
                 };
                 decode::generate(
                     model,

@@ -59,6 +59,8 @@ pub struct Drafter<'a> {
     /// A drafter step's cost relative to a target step, guessed (e.g. from the models' sizes)
     /// until measured.
     pub cost_hint: f64,
+    /// Whether it is the target model itself (self-speculation on the retrieved chunks).
+    pub same_model: bool,
 }
 
 /// Generates an answer: the verifying context `target` reads `prompt`; with a drafter, each
@@ -97,8 +99,9 @@ pub fn generate(
     if shaped {
         policy = policy.with_shapes(params.verify_shapes);
     }
-    let fixed_shape =
-        Some(verify_batch(params, target.on_gpu())).filter(|&g| !shaped && params.lookup && g > 1);
+    let self_spec = drafter.as_ref().is_some_and(|d| d.same_model);
+    let fixed_shape = Some(verify_batch(params, target.on_gpu(), self_spec))
+        .filter(|&g| !shaped && params.lookup && g > 1);
     // Once per engine; counted with the prefill (before the first token), not the decoding.
     let pending = prompt[prompt.len() - 1];
     if shaped && !cancelled && !policy.shapes_calibrated() {
@@ -382,11 +385,13 @@ struct Plan {
     choice: adaptive::Choice,
 }
 
-/// The fixed batch shape of every round (1: none): `verify_batch`, where 0 is 4 on a GPU (the
-/// H100 measurements in the README: a changing shape costs a CUDA graph capture) and 1 on a CPU.
-pub fn verify_batch(params: &EngineConfig, on_gpu: bool) -> usize {
+/// The fixed batch shape of every round (1: none): `verify_batch`, where 0 is 4 on a GPU when
+/// the drafter is the target itself (the H100 measurements in the README: a changing shape
+/// costs a CUDA graph capture, and such a drafter did not pay there), else 1: a fixed shape
+/// drafts only lookups, and a drafter model of its own (or a CPU) needs the rounds' own lengths.
+pub fn verify_batch(params: &EngineConfig, on_gpu: bool, self_spec: bool) -> usize {
     match params.verify_batch {
-        0 if on_gpu => 4,
+        0 if on_gpu && self_spec => 4,
         0 => 1,
         g => g,
     }
