@@ -15,8 +15,12 @@ use rapid_chat::paths::Dirs;
 use rapid_chat::runtime::{Options, Reply, Request, Runtime};
 use rapid_chat::speculative::Event;
 
-/// A margin below which two runs may pick different tokens (float sums in another order).
-const NEAR_TIE: f64 = 0.1;
+/// A margin below which two runs may pick different tokens (float sums in another order). The
+/// default model's attention runs as flash attention on a CPU, which accumulates in f16, and
+/// workers split each batch's work differently from one machine: two such runs' margins were
+/// measured up to about half a logit apart (0.53 where one answer ended a token before the
+/// other; 0.1 sufficed without flash attention).
+const NEAR_TIE: f64 = 0.75;
 
 struct Worker {
     child: Child,
@@ -152,7 +156,23 @@ fn two_workers_answer_as_this_machine_does() {
             remote["tokens"].as_array().unwrap(),
         );
         match l.iter().zip(r).position(|(x, y)| x["text"] != y["text"]) {
-            None => assert_eq!(l.len(), r.len(), "{q}: same tokens, same length"),
+            None if l.len() == r.len() => {}
+            None => {
+                // One answer ended where the other went on: the going-on token was a near tie
+                // with the end.
+                let (longer, i) = if l.len() > r.len() {
+                    (l, r.len())
+                } else {
+                    (r, l.len())
+                };
+                let margin = longer[i]["margin"].as_f64().unwrap();
+                assert!(
+                    margin < NEAR_TIE,
+                    "{q}: one answer ends at token {i}, the other goes on with {} at a margin of \
+                     {margin}",
+                    longer[i]["text"]
+                );
+            }
             Some(i) => {
                 let margin = l[i]["margin"].as_f64().unwrap();
                 assert!(
