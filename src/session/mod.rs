@@ -420,7 +420,6 @@ impl Engine {
         sizes: &[usize],
         repeats: usize,
     ) -> Result<(f64, Vec<(usize, f64)>)> {
-        use crate::speculative::sampling::argmax_margin;
         let model = if drafter {
             self.models.drafter
         } else {
@@ -454,15 +453,10 @@ impl Engine {
             // Two untimed: on a GPU the first batch of a shape runs without a CUDA graph and the
             // second captures one; the timed ones replay it.
             for r in 0..repeats + 2 {
-                let t = std::time::Instant::now();
-                ctx.decode_all(&batch)?;
-                for i in 0..g {
-                    std::hint::black_box(argmax_margin(ctx.logits(i)));
-                }
+                let t = crate::speculative::decode::timed_verification(&mut ctx, &batch)?;
                 if r > 1 {
-                    total += t.elapsed().as_secs_f64();
+                    total += t.as_secs_f64();
                 }
-                ctx.truncate(prompt.len())?;
             }
             curve.push((g, total / repeats.max(1) as f64 * 1e3));
         }

@@ -355,13 +355,7 @@ impl Policy {
         let Some(shapes) = self.shapes.as_ref() else {
             return;
         };
-        let agreed = p.map_or(0, |p| {
-            p.tokens
-                .iter()
-                .zip(produced)
-                .take_while(|(a, b)| a == b)
-                .count()
-        });
+        let agreed = p.map_or(0, |p| p.agreement(produced));
         shapes.observe(
             &mut self.costs.shapes,
             (0..produced.len()).map(|j| j < agreed),
@@ -418,12 +412,7 @@ impl Policy {
 
     /// Scores a lookup proposal the round did not use against the tokens the round `produced`.
     pub fn observe_declined(&mut self, p: &Proposal, produced: &[Token]) {
-        let agreed = p
-            .tokens
-            .iter()
-            .zip(produced)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let agreed = p.agreement(produced);
         let disagreed = agreed < produced.len().min(p.tokens.len());
         self.observe_lookup(p.match_len, p.in_answer, agreed, disagreed);
     }

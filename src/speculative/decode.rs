@@ -623,14 +623,7 @@ fn calibrate(
     let passes = if target.on_gpu() { 2 } else { 1 };
     for pass in 0..passes {
         for &g in &sizes {
-            // Timed as a round verifies: the batch, then the argmax at every position.
-            let started = Instant::now();
-            target.decode_all(&vec![pending; g])?;
-            for i in 0..g {
-                std::hint::black_box(argmax_margin(target.logits(i)));
-            }
-            let t = started.elapsed();
-            target.truncate(base)?;
+            let t = timed_verification(target, &vec![pending; g])?;
             if pass + 1 == passes {
                 policy.record_verify(g, t);
             }
@@ -638,6 +631,20 @@ fn calibrate(
     }
     tracing::debug!(?sizes, passes, "verification costs calibrated");
     Ok(())
+}
+
+/// Decodes `batch` after the cache and takes the argmax at every position, as a round verifies,
+/// then rolls the cache back; returns the time.
+pub fn timed_verification(target: &mut Context, batch: &[Token]) -> Result<Duration> {
+    let base = target.tokens().len();
+    let started = Instant::now();
+    target.decode_all(batch)?;
+    for i in 0..batch.len() {
+        std::hint::black_box(argmax_margin(target.logits(i)));
+    }
+    let t = started.elapsed();
+    target.truncate(base)?;
+    Ok(t)
 }
 
 /// Times each fixed verification shape, once per engine: three batches in a row, where on a GPU
@@ -659,13 +666,7 @@ fn calibrate_shapes(target: &mut Context, pending: Token, policy: &mut Policy) -
         for &g in &sizes {
             let mut times = [Duration::ZERO; 3];
             for t in &mut times {
-                let started = Instant::now();
-                target.decode_all(&vec![pending; g])?;
-                for i in 0..g {
-                    std::hint::black_box(argmax_margin(target.logits(i)));
-                }
-                *t = started.elapsed();
-                target.truncate(base)?;
+                *t = timed_verification(target, &vec![pending; g])?;
             }
             if pass + 1 == passes {
                 let switch = (times[0] + times[1]).saturating_sub(times[2] * 2);

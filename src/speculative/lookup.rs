@@ -22,6 +22,17 @@ pub struct Proposal {
     pub tokens: Vec<Token>,
 }
 
+impl Proposal {
+    /// How many of its first tokens `produced` confirms.
+    pub fn agreement(&self, produced: &[Token]) -> usize {
+        self.tokens
+            .iter()
+            .zip(produced)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+}
+
 /// The haystack and an index from each token pair to the positions that follow it.
 pub struct Lookup {
     hay: Vec<Token>,

@@ -117,12 +117,7 @@ pub fn proposals(
     for i in 0..answer.len() {
         let left = answer.len() - i;
         let p = lookup.propose(lookup_max.min(left - 1)).map(|p| {
-            let agree = p
-                .tokens
-                .iter()
-                .zip(&answer[i..])
-                .take_while(|(a, b)| a == b)
-                .count();
+            let agree = p.agreement(&answer[i..]);
             (p, agree)
         });
         out.push(p);
@@ -195,6 +190,37 @@ pub struct Projection {
 impl Projection {
     pub fn speedup(&self) -> f64 {
         self.plain_s / (self.verify_s + self.draft_s).max(1e-12)
+    }
+
+    /// Counts a round: `k` tokens drafted from `source` (None: a plain step), `accepted` of
+    /// them, `produced` tokens in all, and its times.
+    fn add_round(
+        &mut self,
+        source: DraftSource,
+        k: usize,
+        accepted: usize,
+        produced: usize,
+        t_verify: f64,
+        t_draft: f64,
+    ) {
+        self.rounds += 1;
+        self.drafted += k;
+        self.accepted += accepted;
+        self.verify_s += t_verify;
+        self.draft_s += t_draft;
+        let from_drafts = accepted.min(produced);
+        match source {
+            DraftSource::None => self.plain_rounds += 1,
+            DraftSource::Lookup => {
+                self.lookup_rounds += 1;
+                self.from_lookup += from_drafts;
+            }
+            DraftSource::Model => {
+                self.drafter_rounds += 1;
+                self.from_drafter += from_drafts;
+            }
+        }
+        self.from_target += produced - from_drafts;
     }
 }
 
@@ -307,23 +333,7 @@ pub fn project(
         if let Some((q, _)) = prop.filter(|_| source != DraftSource::Lookup) {
             policy.observe_declined(q, &answer[i..i + produced]);
         }
-        p.rounds += 1;
-        p.drafted += k;
-        p.accepted += accepted;
-        p.verify_s += t_verify;
-        p.draft_s += t_draft;
-        match source {
-            DraftSource::None => p.plain_rounds += 1,
-            DraftSource::Lookup => {
-                p.lookup_rounds += 1;
-                p.from_lookup += accepted.min(produced);
-            }
-            DraftSource::Model => {
-                p.drafter_rounds += 1;
-                p.from_drafter += accepted.min(produced);
-            }
-        }
-        p.from_target += produced - accepted.min(produced);
+        p.add_round(source, k, accepted, produced, t_verify, t_draft);
         i += produced;
     }
     (p, policy.costs().clone())
@@ -403,17 +413,7 @@ pub fn project_shaped(
                 policy.observe_declined(q, &answer[i..i + produced]);
             }
         }
-        p.rounds += 1;
-        p.drafted += k;
-        p.accepted += accepted;
-        p.verify_s += t_verify;
-        if k > 0 {
-            p.lookup_rounds += 1;
-            p.from_lookup += accepted.min(produced);
-        } else {
-            p.plain_rounds += 1;
-        }
-        p.from_target += produced - accepted.min(produced);
+        p.add_round(source, k, accepted, produced, t_verify, 0.0);
         i += produced;
     }
     p.shape_switches = policy.shape_switches();

@@ -15,7 +15,7 @@
 //! (of this answer and the ones before), times each shape's time give its time per token.
 //!
 //! An answer starts in the shape that promises most: after the prefill every shape pays the
-//! change anyway. The answer's loss budget holds as for other drafts, with half a step to spare:
+//! change anyway. The answer's loss budget holds as for other drafts, with a fifth of a step to spare:
 //! a shape larger than one is taken and kept only while a wasted round in it fits; once the
 //! answer has lost more, it goes back to plain steps (unless what is left of the answer is too
 //! short to pay for the change back). A change's own cost (several steps on a GPU) is paid for
@@ -101,8 +101,7 @@ impl ShapeCosts {
     /// Replays a produced token on every one of `sizes`: `right` says whether the lookup had it
     /// right.
     fn replay(&mut self, sizes: &[usize], right: bool) {
-        let decay = TOKEN_DECAY;
-        self.tokens = self.tokens * decay + 1.0;
+        self.tokens = self.tokens * TOKEN_DECAY + 1.0;
         for &size in sizes {
             let at = match self.replayed.iter().position(|(s, _)| *s == size) {
                 Some(at) => at,
@@ -112,7 +111,7 @@ impl ShapeCosts {
                 }
             };
             let r = &mut self.replayed[at].1;
-            r.rounds *= decay;
+            r.rounds *= TOKEN_DECAY;
             let taken = match r.open {
                 Some(taken) => taken,
                 None => {
