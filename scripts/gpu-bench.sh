@@ -5,7 +5,7 @@
 #   1. SmolLM2 on the demo questions: ar, rapid, sd, rag at two context sizes, 256-token answers
 #      (bench, 2 repeats); then ar and rapid with every round verified in a fixed batch of 8
 #      (--verify-batch 8: the batch shape never changes, so llama.cpp keeps its CUDA graph).
-#      (With the defaults, "rapid" is itself a fixed shape of 4 on a GPU.)
+#      (With the defaults, "rapid" is itself a fixed shape of 8 on a GPU.)
 #   2. Passkey and kv retrieval quality at an 8K-token target context: ar, rag, rapid (eta 0 and
 #      eta 0.5).
 #   3. rapid-chat's AR step on a synthetic 8B-shaped model at 32K, 64K and 128K tokens of
@@ -13,7 +13,7 @@
 #      ends its answers at once, so they run with --ignore-eos; the median step is compared (the
 #      first step after a prefill pays llama.cpp's warm-up, as step_cost's 5 discarded steps do).
 #   4. Verification shapes (SmolLM2, demo questions, 4608 and 8192): rapid against AR with the
-#      defaults (on a GPU every round in a fixed shape of 4), with each round's batch as long as
+#      defaults (on a GPU every round in a fixed shape of 8), with each round's batch as long as
 #      its draft (--verify-batch 1), and in shapes the policy chooses among (--verify-shapes 16
 #      and 8: 1, 2, 4, ... tokens, padded); and rapid-chat's own cost curve of the shapes
 #      (cost-curve: the same shape over and over, so replayed graphs).
@@ -88,7 +88,7 @@ t0=$(date +%s)
 for spec in "4608 1536 1024" "8192 6144 4096"; do
   [[ $PARTS == *4* ]] || break
   set -- $spec
-  # SHAPES: the variants, separated by ';' (an empty one: the defaults, a fixed shape of 4 on a
+  # SHAPES: the variants, separated by ';' (an empty one: the defaults, a fixed shape of 8 on a
   # GPU; --verify-batch 1: each round's batch as long as its draft).
   IFS=';' read -ra variants <<<"${SHAPES-;--verify-batch 1;--verify-shapes 16;--verify-shapes 8}"
   for v in "${variants[@]}"; do
@@ -100,7 +100,7 @@ for spec in "4608 1536 1024" "8192 6144 4096"; do
 done
 if [[ $PARTS == *4* ]]; then
   timeout 60 rapid-chat cost-curve --model "$M" --ctx 8704 --depths 4608,8192 \
-    --sizes 1,2,3,4,5,8,9,16,17 --repeats 20 >"$OUT/smol-curve.csv" 2>"$OUT/smol-curve.err"
+    --sizes 1,2,3,4,5,6,7,8,9,16,17 --repeats 20 >"$OUT/smol-curve.csv" 2>"$OUT/smol-curve.err"
   echo "part 4: $(( $(date +%s) - t0 )) s"; summary "$OUT"/shapes-*.json
   echo "rapid-chat's calibrations of the shapes:"
   grep -h "shapes calibrated" "$RAPID_CHAT_CACHE_DIR/rapid-chat.log" | sed 's/^.*seen=/  /' | sort -u | head -4

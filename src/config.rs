@@ -409,7 +409,7 @@ engine_settings! {
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     adaptive: bool = true,
     /// With lookups: every round decodes exactly this many tokens, padded, drafting only lookups
-    /// (1: each round its draft alone; 0: 4 on a GPU with the target as its own drafter, where a
+    /// (1: each round its draft alone; 0: 8 on a GPU with the target as its own drafter, where a
     /// changing batch shape makes llama.cpp capture its CUDA graph anew, else 1).
     verify_batch: usize = 0,
     /// With lookups and adaptation: every round decodes 1, 2, 4, … up to this many tokens

@@ -385,13 +385,13 @@ struct Plan {
     choice: adaptive::Choice,
 }
 
-/// The fixed batch shape of every round (1: none): `verify_batch`, where 0 is 4 on a GPU when
+/// The fixed batch shape of every round (1: none): `verify_batch`, where 0 is 8 on a GPU when
 /// the drafter is the target itself (the H100 measurements in the README: a changing shape
 /// costs a CUDA graph capture, and such a drafter did not pay there), else 1: a fixed shape
 /// drafts only lookups, and a drafter model of its own (or a CPU) needs the rounds' own lengths.
 pub fn verify_batch(params: &EngineConfig, on_gpu: bool, self_spec: bool) -> usize {
     match params.verify_batch {
-        0 if on_gpu && self_spec => 4,
+        0 if on_gpu && self_spec => 8,
         0 => 1,
         g => g,
     }
@@ -416,10 +416,16 @@ fn choose(
         (None, Some(s)) => params.lookup_max.min(s - 1),
         (None, None) => params.lookup_max,
     };
-    let proposal = answer
-        .lookup
-        .as_ref()
-        .and_then(|l| l.propose(lookup_max.min(left - 1)));
+    // In a batch of a fixed size the padding is free: filled with a guess where no pair matches.
+    let filled = fixed.is_some() || largest.is_some();
+    let proposal = answer.lookup.as_ref().and_then(|l| {
+        let max = lookup_max.min(left - 1);
+        if filled {
+            l.propose_filled(max)
+        } else {
+            l.propose(max)
+        }
+    });
     // Room for the drafts (and the decode of the last one) in the drafter's context.
     let model_max = drafter.map_or(0, |d| {
         let room = d.ctx.n_ctx().saturating_sub(answer.draft_seq.len() + 1);

@@ -41,6 +41,10 @@ pub struct Lookup {
     /// Where the answer starts (after the prompt).
     answer: usize,
     pairs: HashMap<(i32, i32), Vec<u32>>,
+    /// The position after each token's latest occurrence.
+    singles: HashMap<i32, u32>,
+    /// The position after the previous occurrence of the last token, if any.
+    previous_single: Option<u32>,
 }
 
 impl Lookup {
@@ -52,6 +56,8 @@ impl Lookup {
             live: 0,
             answer: 0,
             pairs: HashMap::with_capacity(extra.len() + seq.len()),
+            singles: HashMap::new(),
+            previous_single: None,
         };
         for &t in extra {
             me.push(t);
@@ -68,6 +74,9 @@ impl Lookup {
     pub fn push(&mut self, t: Token) {
         self.hay.push(t);
         let n = self.hay.len();
+        self.previous_single = self
+            .singles
+            .insert(t.0, u32::try_from(n).unwrap_or(u32::MAX));
         if n >= 2 {
             let key = (self.hay[n - 2].0, self.hay[n - 1].0);
             // The position after the pair: where its continuation starts.
@@ -104,6 +113,24 @@ impl Lookup {
             }
         }
         let (match_len, p) = best?;
+        Some(self.continuation(p, match_len, max))
+    }
+
+    /// [`Self::propose`], or where no pair matches, what followed the last token's previous
+    /// occurrence (a match of one token). For a batch whose size is fixed, where any guess in
+    /// the padding is free: it is confirmed often enough (a word's usual next piece, a loop's
+    /// next turn) to be worth verifying there, though not at a cost of its own.
+    pub fn propose_filled(&self, max: usize) -> Option<Proposal> {
+        self.propose(max).or_else(|| {
+            let n = self.hay.len();
+            let p = self.previous_single? as usize;
+            (max > 0 && n > self.live && p < n).then(|| self.continuation(p, 1, max))
+        })
+    }
+
+    /// The `max` tokens from position `p`, of a match `match_len` long.
+    fn continuation(&self, p: usize, match_len: usize, max: usize) -> Proposal {
+        let n = self.hay.len();
         let period = n - p;
         let tokens = (0..max)
             .map(|i| {
@@ -116,11 +143,11 @@ impl Lookup {
                 }
             })
             .collect();
-        Some(Proposal {
+        Proposal {
             match_len,
             in_answer: p >= self.answer + 2,
             tokens,
-        })
+        }
     }
 }
 
@@ -193,5 +220,23 @@ mod tests {
         let p = l.propose(7).unwrap();
         assert_eq!(p.tokens, toks(&[9, 7, 8, 9, 7, 8, 9]));
         assert!(p.match_len >= 5);
+    }
+
+    #[test]
+    fn filled_falls_back_to_the_last_token() {
+        // No pair "5 9" before the end, but 9 occurred: what followed it (then its loop).
+        let l = Lookup::new(&[], &toks(&[9, 4, 1, 2, 5, 9]));
+        assert_eq!(l.propose(3), None);
+        let p = l.propose_filled(3).unwrap();
+        assert_eq!(p.match_len, 1);
+        assert_eq!(p.tokens, toks(&[4, 1, 2]));
+        // A pair match wins; a token never seen before proposes nothing.
+        let seq = toks(&[1, 2, 3, 7, 2, 8, 1, 2]);
+        assert_eq!(
+            Lookup::new(&[], &seq).propose_filled(1).unwrap().tokens,
+            toks(&[3])
+        );
+        assert_eq!(Lookup::new(&[], &toks(&[1, 2, 3])).propose_filled(2), None);
+        assert_eq!(Lookup::new(&[], &toks(&[1, 2, 1])).propose_filled(0), None);
     }
 }

@@ -104,19 +104,26 @@ impl Replay {
 }
 
 /// The lookup proposals at every position of the answer: what [`Lookup::propose`] offers after
-/// `answer[..i]` (up to `lookup_max` tokens, never past the answer's end), with how many of its
+/// `answer[..i]` (up to `lookup_max` tokens, never past the answer's end; with `filled`, what
+/// [`Lookup::propose_filled`] offers, as a batch of a fixed size drafts), with how many of its
 /// tokens the answer confirms.
 pub fn proposals(
     extra: &[Token],
     prompt: &[Token],
     answer: &[Token],
     lookup_max: usize,
+    filled: bool,
 ) -> Vec<Option<(super::lookup::Proposal, usize)>> {
     let mut lookup = Lookup::new(extra, prompt);
     let mut out = Vec::with_capacity(answer.len());
     for i in 0..answer.len() {
-        let left = answer.len() - i;
-        let p = lookup.propose(lookup_max.min(left - 1)).map(|p| {
+        let max = lookup_max.min(answer.len() - i - 1);
+        let proposal = if filled {
+            lookup.propose_filled(max)
+        } else {
+            lookup.propose(max)
+        };
+        let p = proposal.map(|p| {
             let agree = p.agreement(&answer[i..]);
             (p, agree)
         });
@@ -257,7 +264,7 @@ pub fn project(
     } = *case;
     let n = answer.len();
     let props = if r.lookup {
-        proposals(draft_prompt, prompt, answer, r.lookup_max)
+        proposals(draft_prompt, prompt, answer, r.lookup_max, false)
     } else {
         vec![None; n]
     };
@@ -360,7 +367,13 @@ pub fn project_shaped(
     let n = answer.len();
     let fixed = (r.verify_shapes <= 1).then_some(r.verify_batch.max(1));
     let largest = fixed.unwrap_or(r.verify_shapes);
-    let props = proposals(draft_prompt, prompt, answer, r.lookup_max.min(largest - 1));
+    let props = proposals(
+        draft_prompt,
+        prompt,
+        answer,
+        r.lookup_max.min(largest - 1),
+        true,
+    );
     let mut policy = Policy::new(true, 1.0).with_costs(costs);
     if fixed.is_none() {
         policy = policy.with_shapes(largest);
@@ -470,7 +483,7 @@ pub fn replay_best(
     lookup_max: usize,
     curve: &CostCurve,
 ) -> Replay {
-    let props = proposals(extra, prompt, answer, lookup_max);
+    let props = proposals(extra, prompt, answer, lookup_max, false);
     let n = answer.len();
     // best[i]: (seconds, rounds, drafted, accepted, lookup rounds) to produce answer[i..].
     let mut best = vec![(0.0f64, 0usize, 0usize, 0usize, 0usize); n + 1];
@@ -511,7 +524,7 @@ pub fn replay_fixed(
     g: usize,
     t_g: f64,
 ) -> Replay {
-    let props = proposals(extra, prompt, answer, g.saturating_sub(1));
+    let props = proposals(extra, prompt, answer, g.saturating_sub(1), true);
     let mut r = Replay {
         tokens: answer.len(),
         ..Replay::default()
