@@ -100,8 +100,11 @@ impl Lookup {
         let mut best: Option<(usize, usize)> = None; // (match_len, position)
         for &p in positions.iter().rev().take(MAX_CANDIDATES + 1) {
             let p = p as usize;
-            if p >= n {
-                continue; // the end itself
+            if p >= n || p == self.live {
+                // The end itself; or the extra text's end, which is followed by the live
+                // sequence's start, not by a continuation (the drafter's prompt ends with the
+                // question, as the target's does).
+                continue;
             }
             // Tokens before p equal to the tokens before n (the pair is known to match).
             let mut len = 2;
@@ -124,13 +127,20 @@ impl Lookup {
         self.propose(max).or_else(|| {
             let n = self.hay.len();
             let p = self.previous_single? as usize;
-            (max > 0 && n > self.live && p < n).then(|| self.continuation(p, 1, max))
+            (max > 0 && n > self.live && p < n && p != self.live)
+                .then(|| self.continuation(p, 1, max))
         })
     }
 
-    /// The `max` tokens from position `p`, of a match `match_len` long.
+    /// The `max` tokens from position `p`, of a match `match_len` long; in the extra text, at
+    /// most up to its end.
     fn continuation(&self, p: usize, match_len: usize, max: usize) -> Proposal {
         let n = self.hay.len();
+        let max = if p < self.live {
+            max.min(self.live - p)
+        } else {
+            max
+        };
         let period = n - p;
         let tokens = (0..max)
             .map(|i| {
@@ -238,5 +248,17 @@ mod tests {
         );
         assert_eq!(Lookup::new(&[], &toks(&[1, 2, 3])).propose_filled(2), None);
         assert_eq!(Lookup::new(&[], &toks(&[1, 2, 1])).propose_filled(0), None);
+    }
+
+    #[test]
+    fn the_extra_texts_end_continues_nothing() {
+        // The extra text ends as the sequence does (the drafter's prompt ends with the question,
+        // as the target's): what follows it in the haystack is the sequence's start, no
+        // continuation. A match inside the extra text stops at its end.
+        let l = Lookup::new(&toks(&[4, 5, 6, 7, 8, 9]), &toks(&[1, 2, 3, 8, 9]));
+        assert_eq!(l.propose(3), None);
+        assert_eq!(l.propose_filled(3), None);
+        let l = Lookup::new(&toks(&[4, 5, 6, 7, 8, 9]), &toks(&[1, 2, 3, 5, 6]));
+        assert_eq!(l.propose(5).unwrap().tokens, toks(&[7, 8, 9]));
     }
 }
