@@ -25,12 +25,14 @@ row() { # label, simulate options...
 import json, sys
 r = json.load(sys.stdin)
 share = lambda k: "%.0f%%" % (100 * r[k])
-print("| %s | %.2fx | %.2fx | %s / %s / %s |" % (sys.argv[1], r["median"], r["worst"],
+x = lambda v: "-" if v is None else "%.2fx" % v
+print("| %s | %.2fx | %.2fx | %s / %s | %s / %s / %s |" % (sys.argv[1], r["median"], r["worst"],
+      x(r["best_median"]), x(r["best_worst"]),
       share("lookup_share"), share("drafter_share"), share("target_share")))
 ' "$label"
 }
-echo "| target depth, drafter | median | worst question | tokens from lookups / drafter / target steps |"
-echo "|---|---|---|---|"
+echo "| target depth, drafter | median | worst question | bound: median / worst | tokens from lookups / drafter / target steps |"
+echo "|---|---|---|---|---|"
 for depth in 32768 65536 131000; do
   row "$depth, the 8B itself at 4K" --target-depth $depth --drafter-curve "$T8" --drafter-depth 4096 "$@"
   row "$depth, 1B at 4K (upper bound)" --target-depth $depth --drafter-curve "$D1" --drafter-depth 4096 "$@"
@@ -38,3 +40,4 @@ for depth in 32768 65536 131000; do
 done
 echo
 echo "Projected: verification and drafting costs from the H100 curves, acceptance from the real model's greedy answers in $TRACES."
+echo "The bound: what a policy knowing the answer could reach with the same lookups and drafts (replay::best_speedup)."

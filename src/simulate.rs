@@ -203,6 +203,9 @@ impl CurveTable {
 pub struct Projected {
     pub question: String,
     pub speedup: f64,
+    /// The bound: what a policy knowing the answer could reach with the same lookups and drafts
+    /// (`replay::best_speedup`; none with fixed shapes).
+    pub best_speedup: Option<f64>,
     #[serde(flatten)]
     pub projection: Projection,
 }
@@ -214,6 +217,9 @@ pub struct Report {
     pub questions: Vec<Projected>,
     pub median: f64,
     pub worst: f64,
+    /// The bound's median and worst question.
+    pub best_median: Option<f64>,
+    pub best_worst: Option<f64>,
     /// Shares of the answers' tokens from lookups, the drafter and the target's own steps.
     pub lookup_share: f64,
     pub drafter_share: f64,
@@ -260,14 +266,19 @@ pub fn project_all(
             replay::project(&tokens(t).case(), &tc, dc.as_ref(), r, start)
         };
         costs = Some(next);
+        let best = (!shaped)
+            .then(|| replay::best_speedup(&tokens(t).case(), &tc, dc.as_ref(), r));
         questions.push(Projected {
             question: t.question.clone(),
             speedup: p.speedup(),
+            best_speedup: best,
             projection: p,
         });
     }
     let mut speedups: Vec<f64> = questions.iter().map(|q| q.speedup).collect();
     let worst = speedups.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut bests: Vec<f64> = questions.iter().filter_map(|q| q.best_speedup).collect();
+    let best_worst = bests.iter().copied().reduce(f64::min);
     let total: usize = questions
         .iter()
         .map(|q| q.projection.tokens)
@@ -279,6 +290,8 @@ pub fn project_all(
     Ok(Report {
         median: median(&mut speedups).unwrap_or(0.0),
         worst: if worst.is_finite() { worst } else { 0.0 },
+        best_median: median(&mut bests),
+        best_worst,
         lookup_share: share(|p| p.from_lookup),
         drafter_share: share(|p| p.from_drafter),
         target_share: share(|p| p.from_target),
@@ -295,17 +308,19 @@ pub fn markdown(report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| question | tokens | projected speed-up | rounds: plain / lookup / drafter | tokens from \
-         lookups / drafter / target |\n|---|---|---|---|---|"
+        "| question | tokens | projected speed-up | bound (knowing the answer) | rounds: plain / \
+         lookup / drafter | tokens from lookups / drafter / target |\n|---|---|---|---|---|---|"
     );
+    let x = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}x"));
     for q in &report.questions {
         let p = &q.projection;
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2}x | {} / {} / {} | {} / {} / {} |",
+            "| {} | {} | {:.2}x | {} | {} / {} / {} | {} / {} / {} |",
             q.question.chars().take(48).collect::<String>(),
             p.tokens,
             q.speedup,
+            x(q.best_speedup),
             p.plain_rounds,
             p.lookup_rounds,
             p.drafter_rounds,
@@ -316,10 +331,12 @@ pub fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\nmedian {:.2}x, worst question {:.2}x; tokens from lookups {:.0}%, drafter {:.0}%, \
-         target steps {:.0}%\n{}",
+        "\nmedian {:.2}x, worst question {:.2}x (the bound: {} and {}); tokens from lookups \
+         {:.0}%, drafter {:.0}%, target steps {:.0}%\n{}",
         report.median,
         report.worst,
+        x(report.best_median),
+        x(report.best_worst),
         100.0 * report.lookup_share,
         100.0 * report.drafter_share,
         100.0 * report.target_share,

@@ -514,6 +514,71 @@ pub fn replay_best(
     }
 }
 
+/// The least time any policy could spend on `case` with its lookups and its drafter's drafts,
+/// choosing each round knowing which tokens will be accepted: a plain step, a lookup of `k`
+/// tokens, the drafter's first `k` (up to γ), or both (the lookup's confirmed tokens continued
+/// by the drafter's). A bound no policy reaches: the drafter's catch-up is counted as one step
+/// whatever it is behind, and it drafts past its confidence threshold. Returns the speed-up over
+/// plain steps.
+pub fn best_speedup(
+    case: &Case<'_>,
+    target: &CostCurve,
+    drafter: Option<&CostCurve>,
+    r: &Replaying,
+) -> f64 {
+    let Case {
+        draft_prompt,
+        prompt,
+        answer,
+        drafts,
+    } = *case;
+    let n = answer.len();
+    let props = if r.lookup {
+        proposals(draft_prompt, prompt, answer, r.lookup_max, false)
+    } else {
+        vec![None; n]
+    };
+    let drafter = drafter.filter(|_| r.drafter);
+    // How many of the drafter's tokens at `i` the answer confirms, and how many it offers.
+    let drafted = |i: usize| -> (usize, usize) {
+        drafts.get(i).map_or((0, 0), |d| {
+            let agree = (d.iter().zip(&answer[i..]))
+                .take_while(|(d, a)| d.0 == **a)
+                .count();
+            (agree, d.len().min(r.gamma))
+        })
+    };
+    // best[i]: the least time to produce answer[i..].
+    let mut best = vec![0.0f64; n + 1];
+    for i in (0..n).rev() {
+        let left = n - i;
+        let after = |produced: usize| best[(i + produced).min(n)];
+        let mut b = target.t(1) + after(1);
+        let lookup = props[i].as_ref().map(|(p, agree)| (*agree, p.tokens.len()));
+        if let Some((agree, len)) = lookup {
+            for k in 1..=len.min(left - 1) {
+                b = b.min(target.t(k + 1) + after(agree.min(k) + 1));
+            }
+        }
+        if let Some(d) = drafter {
+            // Drafting from `j` after `lead` confirmed lookup tokens (0: the drafter alone).
+            let mut from = |lead: usize| {
+                let (agree, offered) = drafted(i + lead);
+                for k in 1..=offered.min(left - 1 - lead) {
+                    let t = k as f64 * d.t(1) + target.t(lead + k + 1);
+                    b = b.min(t + after(lead + agree.min(k) + 1));
+                }
+            };
+            from(0);
+            if let Some((agree, _)) = lookup.filter(|&(agree, _)| agree > 0 && agree < left - 1) {
+                from(agree);
+            }
+        }
+        best[i] = b;
+    }
+    n as f64 * target.t(1) / best[0].max(1e-12)
+}
+
 /// Replays verification at a fixed batch shape: every round, plain or not, decodes `g` tokens
 /// (the lookup's first `g − 1`, padded), costing `t_g`, so the shape never changes (on a GPU,
 /// llama.cpp's CUDA graph for it is kept rather than rebuilt when the batch size changes).
@@ -745,6 +810,54 @@ mod tests {
         assert_eq!(w.from_drafter, 0);
         assert!(w.speedup() > 0.95 && w.speedup() <= 1.0, "{w:?}");
         assert!(w.plain_rounds > answer.len() * 9 / 10, "{w:?}");
+    }
+
+    /// The bound (choices made knowing the answer) is never below the policy, is plain steps
+    /// where nothing is drafted right, and with a drafter that is always right, reaches what its
+    /// drafts of γ allow.
+    #[test]
+    fn the_bound_knowing_the_answer_is_above_the_policy() {
+        let answer: Vec<i32> = (100..400).collect();
+        let target = CostCurve::parse("1:10,7:12,17:20", 17).unwrap();
+        let drafter = CostCurve::parse("1:1,17:3", 17).unwrap();
+        let case = |drafts: &[Vec<(i32, f32)>]| -> (Vec<Token>, Vec<Vec<(Token, f32)>>) {
+            let d = drafts
+                .iter()
+                .map(|d| d.iter().map(|&(t, p)| (Token::new(t), p)).collect())
+                .collect();
+            (toks(&answer), d)
+        };
+        let bound = |drafts: &[Vec<(i32, f32)>], with_drafter: bool| {
+            let prompt = toks(&[1, 2, 3]);
+            let (answer, drafts) = case(drafts);
+            let case = Case {
+                draft_prompt: &prompt,
+                prompt: &prompt,
+                answer: &answer,
+                drafts: &drafts,
+            };
+            best_speedup(&case, &target, Some(&drafter), &replaying(with_drafter))
+        };
+        let right: Vec<Vec<(i32, f32)>> = (0..answer.len())
+            .map(|i| answer[i..].iter().take(6).map(|&t| (t, 0.9)).collect())
+            .collect();
+        let (p, _) = project_on(
+            &answer,
+            &right,
+            &target,
+            Some(&drafter),
+            &replaying(true),
+            calibrated(&target, 6, 16),
+        );
+        let best = bound(&right, true);
+        assert!(best >= p.speedup(), "{best:.2}x against {:.2}x", p.speedup());
+        // Six drafts of 1 ms and a batch of 7 at 12 ms give 7 tokens for 18 ms, at best.
+        let round = 7.0 * 10.0 / 18.0;
+        assert!(best <= round + 1e-9 && best > 0.95 * round, "{best:.3}x");
+        // Drafts always wrong, no lookups (all tokens new), or no drafter: plain steps.
+        let wrong: Vec<Vec<(i32, f32)>> = (0..answer.len()).map(|_| vec![(7, 0.9); 6]).collect();
+        assert!((bound(&wrong, true) - 1.0).abs() < 1e-9);
+        assert!((bound(&right, false) - 1.0).abs() < 1e-9);
     }
 
     #[test]
