@@ -19,7 +19,8 @@
 #      (cost-curve: the same shape over and over, so replayed graphs).
 # Results go to $OUT/results.tar.gz (default OUT ./gpu-out); a summary is printed. Each part has a
 # time limit so a slow part cannot eat the others' device time; PARTS=12 runs only parts 1 and 2. step_cost.cpp needs llama.h and
-# ggml.h: from $HEADERS (default .gpu/headers, with include/ and ggml/include/ of the vendored
+# ggml.h: from $HEADERS (default .gpu, where scripts/gpu-stage.sh puts the vendored llama.cpp's
+# include/ in the last chunk's headers/; or include/ and ggml/include/ of the vendored
 # llama.cpp) or anywhere under $G.
 set -uo pipefail
 : "${G:?run through device.sh, which sets G}"
@@ -30,7 +31,7 @@ for lib in .gpu/*/rpc/libggml-rpc.so.*; do
 done
 FINAL=${OUT:-$PWD/gpu-out}
 OUT=/tmp/gpu-bench
-HEADERS=${HEADERS:-$PWD/.gpu/headers}
+HEADERS=${HEADERS:-$PWD/.gpu}
 mkdir -p "$OUT" "$FINAL"
 trap 'tar -C "$OUT" -czf "$FINAL/results.tar.gz" .' EXIT
 export RAPID_CHAT_CACHE_DIR=/root/rc/cache RAPID_CHAT_DATA_DIR=/root/rc/data RAPID_CHAT_CONFIG_DIR=/root/rc/config
