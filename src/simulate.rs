@@ -266,8 +266,7 @@ pub fn project_all(
             replay::project(&tokens(t).case(), &tc, dc.as_ref(), r, start)
         };
         costs = Some(next);
-        let best = (!shaped)
-            .then(|| replay::best_speedup(&tokens(t).case(), &tc, dc.as_ref(), r));
+        let best = (!shaped).then(|| replay::best_speedup(&tokens(t).case(), &tc, dc.as_ref(), r));
         questions.push(Projected {
             question: t.question.clone(),
             speedup: p.speedup(),

@@ -850,7 +850,11 @@ mod tests {
             calibrated(&target, 6, 16),
         );
         let best = bound(&right, true);
-        assert!(best >= p.speedup(), "{best:.2}x against {:.2}x", p.speedup());
+        assert!(
+            best >= p.speedup(),
+            "{best:.2}x against {:.2}x",
+            p.speedup()
+        );
         // Six drafts of 1 ms and a batch of 7 at 12 ms give 7 tokens for 18 ms, at best.
         let round = 7.0 * 10.0 / 18.0;
         assert!(best <= round + 1e-9 && best > 0.95 * round, "{best:.3}x");
