@@ -126,6 +126,13 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
             "the demo corpus exceeds the context"
         );
         assert!(ar.output.tokens.iter().all(|t| t.kind == TokenKind::Target));
+        // One token a round, whether the answer ends at end-of-generation (a hidden token), at
+        // a turn marker the answer drops, or at the limit.
+        assert!(
+            (ar.output.stats.mean_accepted_len - 1.0).abs() < 1e-9,
+            "{q}: {:?}",
+            ar.output.stats
+        );
         assert!(
             ar.output.tokens.len() >= 4,
             "{q}: a real answer: {:?}",

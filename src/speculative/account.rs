@@ -17,6 +17,8 @@ pub struct Tally {
     generated: usize,
     /// Whether the target chose end-of-generation (a token of the last round, not emitted).
     ended_by_eog: bool,
+    /// Emitted tokens taken back (a turn marker): the rounds produced them all the same.
+    dropped: usize,
     draft_time: Duration,
     verify_time: Duration,
     /// The times of the rounds without drafts: llama.cpp's step ...
@@ -68,7 +70,9 @@ impl Tally {
     /// `n` emitted tokens were taken back: the turn marker a model without a chat template
     /// started, which is not part of the answer.
     pub fn dropped(&mut self, n: usize) {
-        self.generated = self.generated.saturating_sub(n);
+        let n = n.min(self.generated);
+        self.generated -= n;
+        self.dropped += n;
     }
 
     /// The times of a round; `plain` when it verified no draft.
@@ -129,11 +133,13 @@ impl Tally {
                 .find(|(g, _)| *g == 1)
                 .map_or(0.0, |&(_, t)| t)
         };
+        // The tokens the rounds produced: the answer's, the hidden end-of-generation token and a
+        // dropped turn marker's (plain decoding pays a step for each as well).
+        let produced = self.generated + self.dropped + usize::from(self.ended_by_eog);
         Stats {
             generated_tokens: self.generated,
             acceptance_rate: ratio(c.accepted, c.drafted),
-            // Tokens the target produced per round, the hidden end-of-generation token included.
-            mean_accepted_len: ratio(self.generated + usize::from(self.ended_by_eog), c.rounds),
+            mean_accepted_len: ratio(produced, c.rounds),
             decode_s,
             decode_tok_s: if decode_s > 0.0 {
                 self.generated as f64 / decode_s
@@ -148,10 +154,8 @@ impl Tally {
             verify_s: self.verify_time.as_secs_f64(),
             overhead_s: gauges.decode.saturating_sub(gauges.busy).as_secs_f64(),
             plain_step_s,
-            // The tokens the rounds produced, the hidden end-of-generation one included (its
-            // round costs a step as in plain decoding).
             speedup: if decode_s > 0.0 {
-                (self.generated + usize::from(self.ended_by_eog)) as f64 * step / decode_s
+                produced as f64 * step / decode_s
             } else {
                 0.0
             },
@@ -171,6 +175,28 @@ fn ratio(a: usize, b: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A turn marker the answer drops (a model without a chat template starting a turn of its
+    /// own) was produced by plain steps all the same: answering without drafts is 1x plain.
+    #[test]
+    fn a_dropped_turn_marker_counts_as_produced_by_its_rounds() {
+        let mut t = Tally::default();
+        for _ in 0..10 {
+            t.timed(Duration::ZERO, Duration::from_millis(10), true);
+            t.round_ended(Duration::from_millis(10), true);
+            t.drafts(DraftSource::None, 0, 0);
+            t.token(|| 0.1);
+        }
+        t.dropped(2);
+        let s = t.stats(Gauges {
+            decode: Duration::from_millis(100),
+            ..Gauges::default()
+        });
+        assert_eq!(s.generated_tokens, 8);
+        assert!((s.mean_accepted_len - 1.0).abs() < 1e-12, "{s:?}");
+        assert!((s.speedup - 1.0).abs() < 1e-9, "{s:?}");
+        assert!((s.decode_tok_s - 80.0).abs() < 1e-9);
+    }
 
     #[test]
     fn rounds_add_up_and_the_hidden_end_of_generation_counts_per_round() {

@@ -211,7 +211,10 @@ pub fn generate(
         match emitted.stop {
             Some(Stop::EndOfGeneration { margin }) => {
                 answer.end_margin = Some(margin);
-                tally.ended_by_eog();
+                // (A turn marker's tokens are counted as dropped: no hidden token beyond them.)
+                if turn_ended.is_none() {
+                    tally.ended_by_eog();
+                }
             }
             Some(Stop::Cancelled) => cancelled = true,
             Some(Stop::Limit) | None => {}
