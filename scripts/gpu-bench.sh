@@ -5,7 +5,7 @@
 #   1. SmolLM2 on the demo questions: ar, rapid, sd, rag at two context sizes, 256-token answers
 #      (bench, 2 repeats); then ar and rapid with every round verified in a fixed batch of 8
 #      (--verify-batch 8: the batch shape never changes, so llama.cpp keeps its CUDA graph).
-#      (With the defaults, "rapid" is itself a fixed shape of 8 on a GPU.)
+#      (With the defaults, "rapid" is itself a fixed shape on a GPU: 8 for SmolLM2.)
 #   2. Passkey and kv retrieval quality at an 8K-token target context: ar, rag, rapid (eta 0 and
 #      eta 0.5).
 #   3. rapid-chat's AR step on a synthetic 8B-shaped model at 32K, 64K and 128K tokens of
@@ -13,7 +13,7 @@
 #      ends its answers at once, so they run with --ignore-eos; the median step is compared (the
 #      first step after a prefill pays llama.cpp's warm-up, as step_cost's 5 discarded steps do).
 #   4. Verification shapes (SmolLM2, demo questions, 4608 and 8192): rapid against AR with the
-#      defaults (on a GPU every round in a fixed shape of 8), with each round's batch as long as
+#      defaults (on a GPU every round in the fixed shape its calibrated costs call for: 8 for SmolLM2), with each round's batch as long as
 #      its draft (--verify-batch 1), and in shapes the policy chooses among (--verify-shapes 16
 #      and 8: 1, 2, 4, ... tokens, padded); and rapid-chat's own cost curve of the shapes
 #      (cost-curve: the same shape over and over, so replayed graphs).
@@ -35,7 +35,8 @@ HEADERS=${HEADERS:-$PWD/.gpu}
 mkdir -p "$OUT" "$FINAL"
 trap 'tar -C "$OUT" -czf "$FINAL/results.tar.gz" .' EXIT
 export RAPID_CHAT_CACHE_DIR=/root/rc/cache RAPID_CHAT_DATA_DIR=/root/rc/data RAPID_CHAT_CONFIG_DIR=/root/rc/config
-M=$(ls "$G"/models/SmolLM2*.gguf | head -1)
+# MODEL: the model of parts 1, 2 and 4, by the start of its file name (default SmolLM2).
+M=$(ls "$G"/models/"${MODEL:-SmolLM2}"*.gguf | head -1)
 A=$G/assets
 summary() { python3 - "$@" <<'EOF'
 import json, sys
@@ -89,7 +90,7 @@ t0=$(date +%s)
 for spec in "4608 1536 1024" "8192 6144 4096"; do
   [[ $PARTS == *4* ]] || break
   set -- $spec
-  # SHAPES: the variants, separated by ';' (an empty one: the defaults, a fixed shape of 8 on a
+  # SHAPES: the variants, separated by ';' (an empty one: the defaults, a fixed shape (8 for SmolLM2) on a
   # GPU; --verify-batch 1: each round's batch as long as its draft).
   IFS=';' read -ra variants <<<"${SHAPES-;--verify-batch 1;--verify-shapes 16;--verify-shapes 8}"
   for v in "${variants[@]}"; do

@@ -368,7 +368,9 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
                 } else {
                     0.0
                 },
-                mean_accepted_len: (sum(&|s| s.generated_tokens as f64)) / rounds,
+                // The tokens the rounds produced (a dropped turn marker's and a hidden
+                // end-of-generation token included), over the rounds.
+                mean_accepted_len: sum(&|s| s.mean_accepted_len * s.rounds as f64) / rounds,
                 cold_prefill_s_median: med(&|r| Some(r.cold_prefill_s)).unwrap_or(0.0),
                 ttft_s_median: med(&|r| Some(r.ttft_s)).unwrap_or(0.0),
                 correct: (!correct.is_empty())

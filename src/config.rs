@@ -409,8 +409,9 @@ engine_settings! {
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     adaptive: bool = true,
     /// With lookups: every round decodes exactly this many tokens, padded, drafting only lookups
-    /// (1: each round its draft alone; 0: 8 on a GPU with the target as its own drafter, where a
-    /// changing batch shape makes llama.cpp capture its CUDA graph anew, else 1).
+    /// (1: each round its draft alone; 0: on a GPU with the target as its own drafter, where a
+    /// changing batch shape makes llama.cpp capture its CUDA graph anew, the shape the
+    /// calibrated costs call for, e.g. 8 for SmolLM2 and none for Gemma 3 270M; else 1).
     verify_batch: usize = 0,
     /// With lookups and adaptation: every round decodes 1, 2, 4, … up to this many tokens
     /// (a power of two; 0 = off), its draft padded up to the shape the policy chose. The shape

@@ -219,6 +219,12 @@ impl Costs {
         self.shapes.calibrated(sizes)
     }
 
+    /// The default fixed shape on a GPU, from the shapes' steady times
+    /// ([`super::shapes::default_fixed`]; 1 until they are timed).
+    pub fn default_fixed_shape(&self) -> usize {
+        super::shapes::default_fixed(&self.shapes)
+    }
+
     /// The verification time per batch size measured so far, as (size, seconds), smallest first.
     pub fn verify_curve(&self) -> Vec<(usize, f64)> {
         self.verify

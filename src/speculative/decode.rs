@@ -21,6 +21,7 @@ use super::adaptive::{self, Costs, DraftSource, Policy};
 use super::emit::{self, Stop};
 use super::lookup::{Lookup, Proposal};
 use super::sampling::{argmax_margin, max_prob, sample, softmax, top_p};
+use super::shapes;
 use super::verify::{self, Settings, Verified};
 use super::{Event, Flow, GenToken, Stats, TokenKind};
 use crate::config::EngineConfig;
@@ -100,13 +101,30 @@ pub fn generate(
         policy = policy.with_shapes(params.verify_shapes);
     }
     let self_spec = drafter.as_ref().is_some_and(|d| d.same_model);
-    let fixed_shape = Some(verify_batch(params, target.on_gpu(), self_spec))
-        .filter(|&g| !shaped && params.lookup && g > 1);
-    // Once per engine; counted with the prefill (before the first token), not the decoding.
+    // Calibrations: once per engine; counted with the prefill (before the first token), not the
+    // decoding.
     let pending = prompt[prompt.len() - 1];
-    if shaped && !cancelled && !policy.shapes_calibrated() {
-        calibrate_shapes(target, pending, &mut policy)?;
-    } else if params.adaptive
+    let by_costs = params.verify_batch == 0 && target.on_gpu() && self_spec;
+    if (shaped || (by_costs && params.lookup))
+        && !cancelled
+        && !policy.costs().shapes_calibrated(&shapes_to_time(params))
+    {
+        calibrate_shapes(target, pending, &shapes_to_time(params), &mut policy)?;
+        if by_costs && !shaped {
+            tracing::info!(
+                shape = policy.costs().default_fixed_shape(),
+                "the fixed verification shape from the calibrated costs (1: none)"
+            );
+        }
+    }
+    let fixed_shape = Some(verify_batch(
+        params,
+        target.on_gpu(),
+        self_spec,
+        policy.costs(),
+    ))
+    .filter(|&g| !shaped && params.lookup && g > 1);
+    if params.adaptive
         && !shaped
         && fixed_shape.is_none()
         && !cancelled
@@ -388,16 +406,33 @@ struct Plan {
     choice: adaptive::Choice,
 }
 
-/// The fixed batch shape of every round (1: none): `verify_batch`, where 0 is 8 on a GPU when
-/// the drafter is the target itself (the H100 measurements in the README: a changing shape
-/// costs a CUDA graph capture, and such a drafter did not pay there), else 1: a fixed shape
-/// drafts only lookups, and a drafter model of its own (or a CPU) needs the rounds' own lengths.
-pub fn verify_batch(params: &EngineConfig, on_gpu: bool, self_spec: bool) -> usize {
+/// The fixed batch shape of every round (1: none): `verify_batch`, where 0 on a GPU with the
+/// target as its own drafter is the shape the calibrated costs call for (a changing shape
+/// costs a CUDA graph capture, and such a drafter did not pay there:
+/// [`shapes::default_fixed`], 8 for SmolLM2 on an H100, none for Gemma 3 270M), else 1: a fixed
+/// shape drafts only lookups, and a drafter model of its own (or a CPU) needs the rounds' own
+/// lengths.
+pub fn verify_batch(
+    params: &EngineConfig,
+    on_gpu: bool,
+    self_spec: bool,
+    costs: &adaptive::Costs,
+) -> usize {
     match params.verify_batch {
-        0 if on_gpu && self_spec => 8,
+        0 if on_gpu && self_spec => costs.default_fixed_shape(),
         0 => 1,
         g => g,
     }
+}
+
+/// The shapes timed before the first answer: the policy's (`verify_shapes`), else 1, 2, 4, 8
+/// and 16 for the default fixed shape.
+fn shapes_to_time(params: &EngineConfig) -> Vec<usize> {
+    shapes::sizes(if params.verify_shapes > 1 {
+        params.verify_shapes
+    } else {
+        16
+    })
 }
 
 /// Chooses the round's draft: the lookup's proposal (if any) and the drafter's room are the
@@ -656,15 +691,19 @@ pub fn timed_verification(target: &mut Context, batch: &[Token]) -> Result<Durat
     Ok(t)
 }
 
-/// Times each fixed verification shape, once per engine: three batches in a row, where on a GPU
-/// the first runs without a CUDA graph, the second captures one and the third replays it (the
-/// steady time; the first two's extra is what a change of shape costs). On a GPU the whole is
+/// Times each fixed verification shape, once per engine: five batches in a row, where on a GPU
+/// the first runs without a CUDA graph, the second captures one and the others replay it (their
+/// median is the steady time; the first two's extra is what a change of shape costs). On a GPU the whole is
 /// run twice and the second pass kept (a shape's very first batch pays one-time set-up). The
 /// batches are rolled back: the cache is as before.
-fn calibrate_shapes(target: &mut Context, pending: Token, policy: &mut Policy) -> Result<()> {
+fn calibrate_shapes(
+    target: &mut Context,
+    pending: Token,
+    sizes: &[usize],
+    policy: &mut Policy,
+) -> Result<()> {
     let base = target.tokens().len();
-    let sizes: Vec<usize> = policy
-        .shape_sizes()
+    let sizes: Vec<usize> = sizes
         .iter()
         .copied()
         .filter(|&g| base + g <= target.n_ctx())
@@ -673,13 +712,17 @@ fn calibrate_shapes(target: &mut Context, pending: Token, policy: &mut Policy) -
     let mut seen = Vec::with_capacity(sizes.len());
     for pass in 0..passes {
         for &g in &sizes {
-            let mut times = [Duration::ZERO; 3];
+            let mut times = [Duration::ZERO; 5];
             for t in &mut times {
                 *t = timed_verification(target, &vec![pending; g])?;
             }
             if pass + 1 == passes {
-                let switch = (times[0] + times[1]).saturating_sub(times[2] * 2);
-                policy.record_shape(g, times[2], switch);
+                // The steady time: the median of the three replays (one may catch a hiccup).
+                let mut replays = [times[2], times[3], times[4]];
+                replays.sort_unstable();
+                let steady = replays[1];
+                let switch = (times[0] + times[1]).saturating_sub(steady * 2);
+                policy.record_shape(g, steady, switch);
                 seen.push((g, times.map(|t| (t.as_secs_f64() * 1e5).round() / 1e2)));
             }
         }
@@ -687,7 +730,7 @@ fn calibrate_shapes(target: &mut Context, pending: Token, policy: &mut Policy) -
     tracing::info!(
         ?seen,
         passes,
-        "verification shapes calibrated (size, ms of three batches in a row)"
+        "verification shapes calibrated (size, ms of five batches in a row)"
     );
     Ok(())
 }

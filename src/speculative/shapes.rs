@@ -53,6 +53,34 @@ pub fn sizes(largest: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The default fixed shape's limits: padding pays where a batch of 2 costs at most `CHEAP_PAIR`
+/// plain steps, and the shape is the largest whose batch costs at most `MAX_PADDED` steps. On an
+/// H100 SmolLM2 (49K-token vocabulary) verifies 2 tokens in 1.15-1.17 steps, 8 in 1.69-1.76 and 16
+/// in 3.1-3.4: a fixed 8 measured 2.14-2.27x over AR, a fixed 4 1.85-1.96x. Gemma 3 270M (262K
+/// tokens, all of whose logits come back for every position) verifies 2 in 1.32-1.42 steps and 8
+/// in 2.8: a fixed 8 measured 0.72-0.89x, a fixed 4 1.03-1.21x with questions at 0.74x, each
+/// round its own length 1.02x and 0.96x (worst questions 0.96x and 0.89x).
+const CHEAP_PAIR: f64 = 1.25;
+const MAX_PADDED: f64 = 2.0;
+
+/// The fixed shape a GPU verifies in when the target is its own drafter (`verify_batch = 0`),
+/// from the steady times of the shapes 1, 2, 4, … (see [`CHEAP_PAIR`], [`MAX_PADDED`]); 1: none.
+pub fn default_fixed(costs: &ShapeCosts) -> usize {
+    let Some(t1) = costs.steady(1) else {
+        return 1;
+    };
+    if costs.steady(2).is_none_or(|t2| t2 > CHEAP_PAIR * t1) {
+        return 1;
+    }
+    costs
+        .curve()
+        .into_iter()
+        .filter(|&(size, t)| size.is_power_of_two() && t <= MAX_PADDED * t1)
+        .map(|(size, _)| size)
+        .max()
+        .unwrap_or(1)
+}
+
 /// What the shapes cost on this machine, kept across answers (part of the policy's costs).
 #[derive(Debug, Clone, Default)]
 pub struct ShapeCosts {
@@ -282,6 +310,34 @@ impl Shapes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default shape from the H100's steady times (ms, `rapid-chat cost-curve`, 4608 tokens).
+    #[test]
+    fn the_default_shape_follows_the_measured_costs() {
+        let costs = |ms: &[(usize, f64)]| {
+            let mut c = ShapeCosts::default();
+            for &(size, t) in ms {
+                c.record_steady(size, t / 1e3);
+            }
+            c
+        };
+        let smollm2 = [(1, 1.312), (2, 1.502), (4, 1.922), (8, 2.262), (16, 4.206)];
+        assert_eq!(default_fixed(&costs(&smollm2)), 8);
+        let gemma = [(1, 1.764), (2, 2.324), (4, 3.041), (8, 4.890), (16, 8.745)];
+        assert_eq!(default_fixed(&costs(&gemma)), 1);
+        // An 8B-shaped target at 131K tokens: a batch of 2 costs less than a step, 16 1.28 steps.
+        let long = [
+            (1, 11.547),
+            (2, 9.715),
+            (4, 10.865),
+            (8, 12.973),
+            (16, 14.773),
+        ];
+        assert_eq!(default_fixed(&costs(&long)), 16);
+        // Not timed: none.
+        assert_eq!(default_fixed(&ShapeCosts::default()), 1);
+        assert_eq!(default_fixed(&costs(&[(1, 1.3)])), 1);
+    }
 
     /// SmolLM2-like costs on a GPU: 1.3 ms a step, a batch of 2 1.4 ms, 4 1.5 ms, 8 1.8 ms, 16
     /// 2.6 ms; a change costs 1.5 ms.
