@@ -9,9 +9,13 @@
 #   scripts/project-gpu.sh TRACES.json [FOLDER] [-- extra engine options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TRACES=${1:?usage: scripts/project-gpu.sh TRACES.json [FOLDER]}
-FOLDER=${2:-assets/demo}
-shift $(( $# < 2 ? $# : 2 ))
+TRACES=${1:?usage: scripts/project-gpu.sh TRACES.json [FOLDER] [-- extra engine options]}
+shift
+FOLDER=assets/demo
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then
+  FOLDER=$1
+  shift
+fi
 [ "${1:-}" = "--" ] && shift
 BIN=${BIN:-target/release/rapid-chat}
 CURVES=${CURVES:-../shared/gpu/curves}
