@@ -46,6 +46,9 @@ for path in sys.argv[1:]:
     except Exception as e:
         print(f"{path}: no result ({e})"); continue
     print(path.rsplit('/', 1)[-1])
+    fixed = sorted({r["stats"].get("verify_shape", 0) for r in d["runs"] if r["mode"] == "rapid"})
+    if fixed:
+        print(f"  rapid's fixed verification batch: {', '.join(map(str, fixed))} (0: none)")
     switches = [r["stats"].get("shape_switches", 0) for r in d["runs"] if r["mode"] == "rapid"]
     if any(switches):
         print(f"  rapid's changes of shape per answer: {sum(switches) / len(switches):.1f}")

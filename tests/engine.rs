@@ -162,6 +162,8 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
                 // Every round decodes the batch, drafting a lookup whenever there is one.
                 assert_eq!(s.drafted, s.lookup_drafted, "{s:?}");
             }
+            // The fixed batch the statistics name: the one asked for (on a CPU, none by default).
+            assert_eq!(s.verify_shape as usize, verify_batch, "{s:?}");
             if verify_shapes > 0 {
                 // Only lookups are drafted, and the policy's curve is the shapes' steady times.
                 assert_eq!(s.drafted, s.lookup_drafted, "{s:?}");

@@ -373,6 +373,34 @@ fn context_use_is_shown_against_the_answers_own_context_size() {
     assert!(s.contains("1088/1536"), "{s}");
 }
 
+/// A fixed verification batch (a GPU keeping its CUDA graph) is named in the sidebar; rounds of
+/// their own lengths say nothing.
+#[test]
+fn a_fixed_verification_batch_is_named() {
+    let screen = |verify_shape: u32| {
+        let mut app = app();
+        loaded_with(&mut app, 2048, 1536);
+        type_and_send(&mut app, "what?");
+        app.handle(token("answer", TokenKind::Target));
+        app.handle(AppEvent::Engine(Reply::Event(Event::Done(Stats {
+            verify_shape,
+            ..Stats::default()
+        }))));
+        let terminal = draw(&app, 120, 30);
+        terminal
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .map(|c| c.symbol())
+            .collect::<String>()
+    };
+    assert!(screen(8).contains("8 tokens, fixed"));
+    for none in [0, 1] {
+        assert!(!screen(none).contains("fixed"));
+    }
+}
+
 /// Every key hint is made from the keymap: keys rebound in the config are the keys the screen
 /// names, in the chat, the input's title, the sources pane and the status line.
 #[test]

@@ -42,6 +42,8 @@ pub struct Gauges {
     pub verify_curve: Vec<(usize, f64)>,
     /// Changes of the verification shape (with fixed shapes).
     pub shape_switches: usize,
+    /// The fixed batch shape of the rounds (0: none).
+    pub verify_shape: u32,
     pub cancelled: bool,
 }
 
@@ -162,6 +164,7 @@ impl Tally {
             ceiling: gauges.ceiling,
             verify_curve: gauges.verify_curve,
             shape_switches: gauges.shape_switches,
+            verify_shape: gauges.verify_shape,
             cancelled: gauges.cancelled,
             ..c.clone()
         }

@@ -136,6 +136,7 @@ pub fn generate(
     let clock = Clock {
         decode_started: Instant::now(),
         busy_before: busy(target, drafter.as_ref()),
+        verify_shape: fixed_shape.map_or(0, |g| u32::try_from(g).unwrap_or(u32::MAX)),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut answer = Answer::new(model, prompt, drafter.as_ref(), params.lookup);
@@ -616,10 +617,12 @@ fn measured(
     round
 }
 
-/// When decoding started, and how long the contexts had been busy in llama.cpp by then.
+/// When decoding started, how long the contexts had been busy in llama.cpp by then, and the
+/// fixed batch shape of the rounds (0: none), for the statistics.
 struct Clock {
     decode_started: Instant,
     busy_before: Duration,
+    verify_shape: u32,
 }
 
 /// Time spent inside llama.cpp by both contexts.
@@ -637,6 +640,7 @@ fn account(
     cancelled: bool,
 ) -> Stats {
     tally.stats(Gauges {
+        verify_shape: clock.verify_shape,
         decode: clock.decode_started.elapsed(),
         busy: busy(target, drafter).saturating_sub(clock.busy_before),
         target_ctx_tokens: target.tokens().len() + 1,

@@ -141,6 +141,9 @@ pub struct Stats {
     /// Changes of the verification shape (with fixed shapes: `verify_shapes`), each of which
     /// makes llama.cpp capture a CUDA graph anew.
     pub shape_switches: usize,
+    /// The batch every round was verified in, padded (`verify_batch`, or on a GPU the shape the
+    /// calibrated costs call for); 0: none, each round its own length (or the policy's shapes).
+    pub verify_shape: u32,
     /// Whether the answer was cut short by cancellation.
     pub cancelled: bool,
 }

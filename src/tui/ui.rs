@@ -378,6 +378,10 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             format!("{}, rejected {}", st.drafted, st.drafted - st.accepted),
         ));
         lines.push(kv("tok/round", format!("{:.2}", st.mean_accepted_len)));
+        if st.verify_shape > 1 {
+            // Every round one padded batch of this size (a GPU keeps its CUDA graph).
+            lines.push(kv("batch", format!("{} tokens, fixed", st.verify_shape)));
+        }
         if st.lookup_drafted > 0 {
             lines.push(kv(
                 "lookups",
