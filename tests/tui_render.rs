@@ -337,23 +337,26 @@ fn hostile_text_never_reaches_the_terminal_as_control_characters() {
 
 /// An answer's context use is shown against the size it had: a conversation saved under larger
 /// contexts must not read "3951/2048" after a restart with smaller ones.
+/// The screen's text (120 x 30) after one answer that ended with `stats`.
+fn screen_after_answer(stats: Stats) -> String {
+    let mut app = app();
+    loaded_with(&mut app, 2048, 1536);
+    type_and_send(&mut app, "what?");
+    app.handle(token("answer", TokenKind::Target));
+    app.handle(AppEvent::Engine(Reply::Event(Event::Done(stats))));
+    let terminal = draw(&app, 120, 30);
+    terminal
+        .backend()
+        .buffer()
+        .content()
+        .iter()
+        .map(|c| c.symbol())
+        .collect::<String>()
+}
+
 #[test]
 fn context_use_is_shown_against_the_answers_own_context_size() {
-    let screen = |stats: Stats| {
-        let mut app = app();
-        loaded_with(&mut app, 2048, 1536);
-        type_and_send(&mut app, "what?");
-        app.handle(token("answer", TokenKind::Target));
-        app.handle(AppEvent::Engine(Reply::Event(Event::Done(stats))));
-        let terminal = draw(&app, 120, 30);
-        terminal
-            .backend()
-            .buffer()
-            .content()
-            .iter()
-            .map(|c| c.symbol())
-            .collect::<String>()
-    };
+    let screen = screen_after_answer;
     let s = screen(Stats {
         target_ctx_tokens: 3951,
         target_n_ctx: 4608,
@@ -377,23 +380,11 @@ fn context_use_is_shown_against_the_answers_own_context_size() {
 /// their own lengths say nothing.
 #[test]
 fn a_fixed_verification_batch_is_named() {
-    let screen = |verify_shape: u32| {
-        let mut app = app();
-        loaded_with(&mut app, 2048, 1536);
-        type_and_send(&mut app, "what?");
-        app.handle(token("answer", TokenKind::Target));
-        app.handle(AppEvent::Engine(Reply::Event(Event::Done(Stats {
+    let screen = |verify_shape| {
+        screen_after_answer(Stats {
             verify_shape,
             ..Stats::default()
-        }))));
-        let terminal = draw(&app, 120, 30);
-        terminal
-            .backend()
-            .buffer()
-            .content()
-            .iter()
-            .map(|c| c.symbol())
-            .collect::<String>()
+        })
     };
     assert!(screen(8).contains("8 tokens, fixed"));
     for none in [0, 1] {
