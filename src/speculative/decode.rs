@@ -105,11 +105,12 @@ pub fn generate(
     // decoding.
     let pending = prompt[prompt.len() - 1];
     let by_costs = params.verify_batch == 0 && target.on_gpu() && self_spec;
+    let to_time = shapes_to_time(params);
     if (shaped || (by_costs && params.lookup))
         && !cancelled
-        && !policy.costs().shapes_calibrated(&shapes_to_time(params))
+        && !policy.costs().shapes_calibrated(&to_time)
     {
-        calibrate_shapes(target, pending, &shapes_to_time(params), &mut policy)?;
+        calibrate_shapes(target, pending, &to_time, &mut policy)?;
         if by_costs && !shaped {
             tracing::info!(
                 shape = policy.costs().default_fixed_shape(),

@@ -243,6 +243,24 @@ pub struct Case<'a> {
     pub drafts: &'a [Vec<(Token, f32)>],
 }
 
+impl Case<'_> {
+    /// The lookup proposals along the answer that rounds of their own lengths draft (none with
+    /// lookups off).
+    fn lookups(&self, r: &Replaying) -> Vec<Option<(super::lookup::Proposal, usize)>> {
+        if r.lookup {
+            proposals(
+                self.draft_prompt,
+                self.prompt,
+                self.answer,
+                r.lookup_max,
+                false,
+            )
+        } else {
+            vec![None; self.answer.len()]
+        }
+    }
+}
+
 /// Replays rapid's policy on `case` with the target's verification costs `target` and the
 /// drafter's step costs `drafter` (None: no drafter model, lookups only), starting from `costs`
 /// (the estimates an engine carries from answer to answer). Mirrors the decode loop: the
@@ -258,16 +276,12 @@ pub fn project(
 ) -> (Projection, Costs) {
     let Case {
         draft_prompt,
-        prompt,
         answer,
         drafts,
+        ..
     } = *case;
     let n = answer.len();
-    let props = if r.lookup {
-        proposals(draft_prompt, prompt, answer, r.lookup_max, false)
-    } else {
-        vec![None; n]
-    };
+    let props = case.lookups(r);
     let drafter = drafter.filter(|_| r.drafter);
     let hint = drafter.map_or(1.0, |d| d.t(1) / target.t(1));
     let mut policy = Policy::new(r.adaptive, hint).with_costs(costs);
@@ -526,18 +540,9 @@ pub fn best_speedup(
     drafter: Option<&CostCurve>,
     r: &Replaying,
 ) -> f64 {
-    let Case {
-        draft_prompt,
-        prompt,
-        answer,
-        drafts,
-    } = *case;
+    let Case { answer, drafts, .. } = *case;
     let n = answer.len();
-    let props = if r.lookup {
-        proposals(draft_prompt, prompt, answer, r.lookup_max, false)
-    } else {
-        vec![None; n]
-    };
+    let props = case.lookups(r);
     let drafter = drafter.filter(|_| r.drafter);
     // How many of the drafter's tokens at `i` the answer confirms, and how many it offers.
     let drafted = |i: usize| -> (usize, usize) {
