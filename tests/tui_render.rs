@@ -68,6 +68,24 @@ fn token(text: &str, kind: TokenKind) -> AppEvent {
     })))
 }
 
+/// The engine's end of an answer: its statistics, then the finished answer with `tokens`.
+fn finish(app: &mut App, tokens: Vec<GenToken>, stats: Stats) {
+    app.handle(AppEvent::Engine(Reply::Event(Event::Done(stats.clone()))));
+    app.handle(AppEvent::Engine(Reply::Finished(Box::new(
+        rapid_chat::session::Answer {
+            mode: rapid_chat::speculative::Mode::Rapid,
+            output: rapid_chat::speculative::decode::Output {
+                text: String::new(),
+                tokens,
+                end_margin: None,
+                stats,
+            },
+            sources: vec![],
+            view: View::default(),
+        },
+    ))));
+}
+
 #[test]
 fn first_start() {
     let mut app = app();
@@ -215,22 +233,9 @@ fn the_sources_pane_and_a_finished_answer() {
         draft_ctx_tokens: 1100,
         ..Stats::default()
     };
-    app.handle(AppEvent::Engine(Reply::Event(Event::Done(stats.clone()))));
     let mut answer_tokens = app.conversation.entries[0].tokens.clone();
     answer_tokens.truncate(8);
-    app.handle(AppEvent::Engine(Reply::Finished(Box::new(
-        rapid_chat::session::Answer {
-            mode: rapid_chat::speculative::Mode::Rapid,
-            output: rapid_chat::speculative::decode::Output {
-                text: String::new(),
-                tokens: answer_tokens,
-                end_margin: None,
-                stats,
-            },
-            sources: vec![],
-            view: View::default(),
-        },
-    ))));
+    finish(&mut app, answer_tokens, stats);
     app.handle(AppEvent::Key(KeyEvent::new(
         KeyCode::F(2),
         KeyModifiers::NONE,
@@ -461,4 +466,61 @@ fn reading_the_documents_shows_the_rate_and_the_time_left() {
         screen.contains("reading the documents: 2400/6840 tokens, 120/s, 37 s left"),
         "{screen}"
     );
+}
+
+/// The session's rate is this run's: an answer loaded with the saved conversation (decoded
+/// under other conditions, here at 0.5 tok/s beside a build) does not drag it down.
+#[test]
+fn the_session_rate_leaves_out_saved_answers() {
+    use rapid_chat::runtime::history;
+    use rapid_chat::tui::app::Entry;
+    let saved = history::Entry {
+        question: "earlier?".into(),
+        tokens: Vec::new(),
+        status: history::Status::Done,
+        mode: rapid_chat::config::Mode::Rapid,
+        stats: Some(Stats {
+            generated_tokens: 10,
+            decode_s: 20.0,
+            ..Stats::default()
+        }),
+        sources: Vec::new(),
+        view: None,
+        rounds: Vec::new(),
+        index_changed: false,
+    };
+    let mut app = App::new(
+        "/home/me/papers".into(),
+        Keymap::default(),
+        EngineConfig::default(),
+        vec![Entry::from(&saved)],
+    );
+    loaded(&mut app);
+    type_and_send(&mut app, "now?");
+    app.handle(token("answer", TokenKind::Target));
+    let stats = Stats {
+        generated_tokens: 80,
+        decode_s: 2.0,
+        decode_tok_s: 40.0,
+        ..Stats::default()
+    };
+    let tokens = app.conversation.entries[1].tokens.clone();
+    finish(&mut app, tokens, stats);
+    let terminal = draw(&app, 120, 40);
+    let lines: Vec<String> = (0..40)
+        .map(|y| {
+            (0..120)
+                .map(|x| terminal.backend().buffer()[(x, y)].symbol())
+                .collect()
+        })
+        .collect();
+    let session = lines
+        .iter()
+        .position(|l| l.contains("session"))
+        .expect("a session section");
+    let below = lines[session..].join("\n");
+    assert!(below.contains("1 (+1 saved)"), "{below}");
+    // 80 tokens in 2 s: 40.0; with the saved answer it would be 90 in 22 s, 4.1.
+    assert!(below.contains("40.0"), "{below}");
+    assert!(!below.contains("4.1"), "{below}");
 }

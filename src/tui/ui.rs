@@ -397,12 +397,14 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         lines.push(kv("1st token", format!("{:.2} s", st.ttft_s)));
     }
     lines.push(kv("speed-up", speedup(app)));
+    // This run's answers: a saved one was decoded under other conditions (another build, a
+    // busy machine) and would skew the rate.
     lines.push(head("session"));
     let done: Vec<&Entry> = app
         .conversation
         .entries
         .iter()
-        .filter(|e| e.status != AnswerStatus::Streaming && e.stats.is_some())
+        .filter(|e| !e.earlier && e.status != AnswerStatus::Streaming && e.stats.is_some())
         .collect();
     let (mut tokens, mut secs, mut drafted, mut accepted) = (0usize, 0f64, 0usize, 0usize);
     for e in &done {
@@ -413,7 +415,20 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             accepted += s.accepted;
         }
     }
-    lines.push(kv("answers", done.len().to_string()));
+    let saved = app
+        .conversation
+        .entries
+        .iter()
+        .filter(|e| e.earlier)
+        .count();
+    lines.push(kv(
+        "answers",
+        if saved > 0 {
+            format!("{} (+{saved} saved)", done.len())
+        } else {
+            done.len().to_string()
+        },
+    ));
     lines.push(kv(
         "tok/s",
         format!(

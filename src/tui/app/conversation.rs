@@ -49,6 +49,9 @@ pub struct Entry {
     pub rounds: Vec<u64>,
     /// Files re-indexed while this answer was being written.
     pub index_changed: bool,
+    /// Answered in an earlier run (loaded with the saved conversation): its speed is not this
+    /// run's.
+    pub earlier: bool,
 }
 
 impl From<&history::Entry> for Entry {
@@ -68,6 +71,7 @@ impl From<&history::Entry> for Entry {
             view: e.view.clone(),
             rounds: e.rounds.clone(),
             index_changed: e.index_changed,
+            earlier: true,
         }
     }
 }
@@ -106,6 +110,7 @@ impl Entry {
             view: None,
             rounds: Vec::new(),
             index_changed: false,
+            earlier: false,
         }
     }
 
