@@ -358,6 +358,18 @@ def cmd_summarize(a):
         try:
             rdoc = json.load(open(a.rapid))
             rapid = [s for s in rdoc.get("summary", []) if s.get("mode") in ("ar", "rapid")]
+            # llama.cpp's rate counts every token it decoded, the stop string's included; rapid's
+            # own tok/s counts the answer's, while its decode time includes the turn marker it
+            # drops (a model without a chat template): the comparable rate is the tokens its
+            # rounds produced over that time.
+            for s in rapid:
+                rates = []
+                for r in rdoc.get("runs", []):
+                    st = r.get("stats") or {}
+                    if r.get("mode") == s.get("mode") and st.get("decode_s"):
+                        rates.append(st.get("rounds", 0) * st.get("mean_accepted_len", 0)
+                                     / st["decode_s"])
+                s["decoded_tok_s_median"] = statistics.median(rates) if rates else None
         except (OSError, ValueError, AttributeError) as e:
             print(f"peer-bench: cannot read rapid-chat bench JSON {a.rapid}: {e}", file=sys.stderr)
 
@@ -413,7 +425,8 @@ def cmd_summarize(a):
                 sp = fmt(s.get("speedup_median"), ".2f", "x")
                 worst = fmt(s.get("speedup_worst_question", s.get("speedup_min")), ".2f", "x")
                 acc = fmt(s.get("acceptance"), ".2f")
-            out.append(f"| rapid-chat {s.get('mode')} | (rapid-chat bench) | {fmt(s.get('tok_s_median'), '.1f')} "
+            rate = s.get("decoded_tok_s_median") or s.get("tok_s_median")
+            out.append(f"| rapid-chat {s.get('mode')} | (rapid-chat bench) | {fmt(rate, '.1f')} "
                        f"| {sp} | {worst} | {acc} | {ident} |")
     if drift:
         out.append("")
@@ -422,7 +435,8 @@ def cmd_summarize(a):
     if rapid:
         out.append("rapid-chat's rows come from `rapid-chat bench --json` (`" + os.path.basename(a.rapid) +
                    "`): its own speed-up over its own AR mode, measured in its own run (its questions, "
-                   "its engine); the llama.cpp rows are over llama.cpp's plain decoding.")
+                   "its engine); the llama.cpp rows are over llama.cpp's plain decoding. Its decode tok/s, "
+                   "like llama.cpp's, counts every token decoded (a dropped turn marker's too).")
     notes = [s["mode"] for s in summary if s["mode"] != "plain" and s["speculative_active"] is False]
     if notes:
         out.append(f"Warning: /slots reported speculation off for: {', '.join(notes)}.")
