@@ -30,7 +30,9 @@ for lib in .gpu/*/rpc/libggml-rpc.so.*; do
   cp "$lib" "$G/lib/" && ln -sf "$(basename "$lib")" "$G/lib/libggml-rpc.so.0"
 done
 FINAL=${OUT:-$PWD/gpu-out}
-OUT=/tmp/gpu-bench
+# A folder of this run's own: a warm host keeps /tmp between calls, and an earlier run's files
+# must not enter this run's summary.
+OUT=$(mktemp -d /tmp/gpu-bench.XXXXXX)
 HEADERS=${HEADERS:-$PWD/.gpu}
 mkdir -p "$OUT" "$FINAL"
 trap 'tar -C "$OUT" -czf "$FINAL/results.tar.gz" .' EXIT
