@@ -496,6 +496,10 @@ fn the_session_rate_leaves_out_saved_answers() {
         vec![Entry::from(&saved)],
     );
     loaded(&mut app);
+    // Before this run's first answer: nothing measured yet.
+    let before = session_section(&app);
+    assert!(before.contains("0 (+1 saved)"), "{before}");
+    assert!(before.contains("tok/s      –"), "{before}");
     type_and_send(&mut app, "now?");
     app.handle(token("answer", TokenKind::Target));
     let stats = Stats {
@@ -506,7 +510,16 @@ fn the_session_rate_leaves_out_saved_answers() {
     };
     let tokens = app.conversation.entries[1].tokens.clone();
     finish(&mut app, tokens, stats);
-    let terminal = draw(&app, 120, 40);
+    let below = session_section(&app);
+    assert!(below.contains("1 (+1 saved)"), "{below}");
+    // 80 tokens in 2 s: 40.0; with the saved answer it would be 90 in 22 s, 4.1.
+    assert!(below.contains("40.0"), "{below}");
+    assert!(!below.contains("4.1"), "{below}");
+}
+
+/// The sidebar's lines from its "session" heading down (120 x 40).
+fn session_section(app: &App) -> String {
+    let terminal = draw(app, 120, 40);
     let lines: Vec<String> = (0..40)
         .map(|y| {
             (0..120)
@@ -518,9 +531,5 @@ fn the_session_rate_leaves_out_saved_answers() {
         .iter()
         .position(|l| l.contains("session"))
         .expect("a session section");
-    let below = lines[session..].join("\n");
-    assert!(below.contains("1 (+1 saved)"), "{below}");
-    // 80 tokens in 2 s: 40.0; with the saved answer it would be 90 in 22 s, 4.1.
-    assert!(below.contains("40.0"), "{below}");
-    assert!(!below.contains("4.1"), "{below}");
+    lines[session..].join("\n")
 }

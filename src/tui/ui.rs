@@ -429,18 +429,17 @@ fn draw_sidebar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             done.len().to_string()
         },
     ));
-    lines.push(kv(
-        "tok/s",
-        format!(
-            "{:.1}",
-            if secs > 0.0 {
-                tokens as f64 / secs
-            } else {
-                0.0
-            }
-        ),
-    ));
-    lines.push(kv("accepted", format!("{:.0}%", pct(accepted, drafted))));
+    // No answer yet in this run: nothing measured, not a rate of zero.
+    let (rate, share) = if done.is_empty() || secs <= 0.0 {
+        ("–".to_owned(), "–".to_owned())
+    } else {
+        (
+            format!("{:.1}", tokens as f64 / secs),
+            format!("{:.0}%", pct(accepted, drafted)),
+        )
+    };
+    lines.push(kv("tok/s", rate));
+    lines.push(kv("accepted", share));
     let used = (lines.len() as u16).min(inner.height);
     let [text, spark] = split_v(inner, [Constraint::Length(used), Constraint::Min(0)]);
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), text);
