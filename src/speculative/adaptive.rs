@@ -17,7 +17,12 @@
 //! the plain-step time of the answer so far, and half of what this answer's drafts have gained;
 //! what they have lost comes off it. An answer thus ends at most a few percent slower than plain
 //! steps, whatever the estimates (a very short one never drafts), while long drafts open up as
-//! soon as drafts pay.
+//! soon as drafts pay. A lookup declined for want of budget is followed along the answer, and
+//! half of what the policy would have gained by taking it (the draft it would have chosen
+//! without a budget, its tokens the answer confirmed, at that batch's cost) is added too: an
+//! answer that has shown it repeats what the lookups propose need not wait for its budget to
+//! grow from plain steps. What it may then lose is at most half of that evidence beyond the few
+//! percent.
 
 use std::time::Duration;
 
@@ -296,6 +301,18 @@ pub struct Policy {
     gained: f64,
     /// With fixed verification shapes: the answer's shape as it goes.
     shapes: Option<Shapes>,
+    /// A lookup declined at a round's start, followed along the tokens produced since.
+    shadow: Option<Shadow>,
+    /// What the declined lookups followed to their end would have gained in this answer, in
+    /// seconds (negative: lost).
+    shadow_gained: f64,
+}
+
+/// A declined lookup's tokens and how many of them the answer has confirmed so far.
+#[derive(Debug, Clone)]
+struct Shadow {
+    tokens: Vec<Token>,
+    agreed: usize,
 }
 
 impl Policy {
@@ -311,6 +328,8 @@ impl Policy {
             tokens: 0,
             gained: 0.0,
             shapes: None,
+            shadow: None,
+            shadow_gained: 0.0,
         }
     }
 
@@ -416,11 +435,43 @@ impl Policy {
         &self.costs
     }
 
-    /// Scores a lookup proposal the round did not use against the tokens the round `produced`.
-    pub fn observe_declined(&mut self, p: &Proposal, produced: &[Token]) {
-        let agreed = p.agreement(produced);
-        let disagreed = agreed < produced.len().min(p.tokens.len());
-        self.observe_lookup(p.match_len, p.in_answer, agreed, disagreed);
+    /// After a round that `produced` these tokens: scores the lookup proposal it did not use
+    /// (`declined`, if any) against them, and follows a declined lookup along the answer to
+    /// learn what taking it would have gained (see [`Self::risk`]).
+    pub fn observe_round(&mut self, declined: Option<&Proposal>, produced: &[Token]) {
+        if let Some(p) = declined {
+            let agreed = p.agreement(produced);
+            let disagreed = agreed < produced.len().min(p.tokens.len());
+            self.observe_lookup(p.match_len, p.in_answer, agreed, disagreed);
+            if self.shadow.is_none()
+                && let Some(k) = self.unbudgeted_lookup(p)
+            {
+                self.shadow = Some(Shadow {
+                    tokens: p.tokens[..k].to_vec(),
+                    agreed: 0,
+                });
+            }
+        }
+        let Some(shadow) = self.shadow.as_mut() else {
+            return;
+        };
+        for t in produced {
+            if shadow.agreed < shadow.tokens.len() && shadow.tokens[shadow.agreed] == *t {
+                shadow.agreed += 1;
+                continue;
+            }
+            // Its end: the round it would have been gives its confirmed tokens and the
+            // target's own, for the batch of all its tokens.
+            let (k, agreed) = (shadow.tokens.len(), shadow.agreed);
+            self.shadow = None;
+            if let (Some(t1), Some(t)) = (
+                self.costs.verify.estimate(1),
+                self.costs.verify.estimate(k + 1),
+            ) {
+                self.shadow_gained += (agreed + 1) as f64 * t1 - t;
+            }
+            break;
+        }
     }
 
     /// Records a calibration measurement: `g` tokens verified in `t`.
@@ -539,11 +590,29 @@ impl Policy {
         best
     }
 
+    /// The lookup draft of `p` the policy would take without a loss budget (its length), if
+    /// any.
+    fn unbudgeted_lookup(&self, p: &Proposal) -> Option<usize> {
+        let t1 = self.costs.verify.estimate(1)?;
+        let alpha = self.costs.lookup[bucket(p.match_len, p.in_answer)].alpha();
+        let mut best = (MARGIN / t1, None);
+        for k in 1..=p.tokens.len() {
+            let t = self.costs.verify.estimate(k + 1)?;
+            let rate = expected_tokens(alpha, k) / t;
+            if rate > best.0 {
+                best = (rate, Some(k));
+            }
+        }
+        best.1
+    }
+
     /// How much more than plain steps a draft may still lose in this answer, in seconds (`t1`: a
     /// plain step's time).
     fn risk(&self, t1: f64) -> f64 {
         let budget = RISK_SHARE * self.tokens as f64 * t1;
-        budget + self.gained.min(0.0) + RISK_GAINS * self.gained.max(0.0)
+        budget
+            + self.gained.min(0.0)
+            + RISK_GAINS * (self.gained.max(0.0) + self.shadow_gained.max(0.0))
     }
 
     /// Records a finished round: `drafted` tokens from `source` (with the lookup's match length),
@@ -964,5 +1033,44 @@ mod tests {
             assert!(time <= bound + 1e-6, "{tokens}: {time} ms > {bound} ms");
             assert!(time / plain < 1.07, "{tokens}: {}", time / plain);
         }
+    }
+
+    /// Plain steps until the policy drafts the long lookup, when each plain step declined a
+    /// 4-token lookup, right or wrong about the tokens that followed (None: none declined).
+    fn plain_steps_before_drafting(declined: Option<bool>) -> usize {
+        let mut p = after_a_repetitive_answer();
+        let proposal = |at: i32, right: bool| Proposal {
+            match_len: 9,
+            in_answer: false,
+            tokens: (0..4)
+                .map(|j| {
+                    crate::llm::token::from_index((at + j + if right { 0 } else { 1000 }) as usize)
+                })
+                .collect(),
+        };
+        let mut steps = 0;
+        while p.choose(LONG_LOOKUP) == Choice::NONE {
+            p.record(round(DraftSource::None, 0, 0, 0, CPU[0].1));
+            // The answer counts up by one token a step.
+            let at = i32::try_from(steps).unwrap();
+            let produced = [crate::llm::token::from_index(at as usize)];
+            let q = declined.map(|right| proposal(at, right));
+            p.observe_round(q.as_ref(), &produced);
+            steps += 1;
+            assert!(steps < 200, "drafting never opened");
+        }
+        steps
+    }
+
+    /// A lookup declined for want of budget is followed along the answer: once the answer has
+    /// confirmed what taking it would have gained, half of that may be risked, so drafting opens
+    /// sooner than the budget alone allows. Wrong ones give no credit.
+    #[test]
+    fn declined_lookups_the_answer_confirms_open_drafting_sooner() {
+        let alone = plain_steps_before_drafting(None);
+        let confirmed = plain_steps_before_drafting(Some(true));
+        let refuted = plain_steps_before_drafting(Some(false));
+        assert!(confirmed < alone, "{confirmed} vs {alone}");
+        assert_eq!(refuted, alone);
     }
 }

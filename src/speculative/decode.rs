@@ -244,13 +244,13 @@ pub fn generate(
             policy.observe_shapes(plan.proposal.as_ref(), produced);
         }
         // A lookup the round did not use is scored against what the round produced.
-        if let Some(p) = plan
-            .proposal
-            .as_ref()
-            .filter(|_| source != DraftSource::Lookup && (plan.fixed.is_none() || plan.shaped))
-        {
+        if plan.fixed.is_none() || plan.shaped {
             let produced = &answer.generated[answer.generated.len() - emitted.emitted..];
-            policy.observe_declined(p, produced);
+            let declined = plan
+                .proposal
+                .as_ref()
+                .filter(|_| source != DraftSource::Lookup);
+            policy.observe_round(declined, produced);
         }
         tally.drafts(source, emitted.drafted, emitted.accepted);
         let round = Event::Round {

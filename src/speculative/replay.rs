@@ -351,9 +351,8 @@ pub fn project(
             t_draft_step: step,
             t_verify: Duration::from_secs_f64(t_verify),
         });
-        if let Some((q, _)) = prop.filter(|_| source != DraftSource::Lookup) {
-            policy.observe_declined(q, &answer[i..i + produced]);
-        }
+        let declined = prop.filter(|_| source != DraftSource::Lookup);
+        policy.observe_round(declined.map(|(q, _)| q), &answer[i..i + produced]);
         p.add_round(source, k, accepted, produced, t_verify, t_draft);
         i += produced;
     }
@@ -436,9 +435,8 @@ pub fn project_shaped(
         if fixed.is_none() {
             policy.record_shaped(round);
             policy.observe_shapes(prop.map(|(q, _)| q), &answer[i..i + produced]);
-            if let Some((q, _)) = prop.filter(|_| source != DraftSource::Lookup) {
-                policy.observe_declined(q, &answer[i..i + produced]);
-            }
+            let declined = prop.filter(|_| source != DraftSource::Lookup);
+            policy.observe_round(declined.map(|(q, _)| q), &answer[i..i + produced]);
         }
         p.add_round(source, k, accepted, produced, t_verify, 0.0);
         i += produced;
