@@ -751,10 +751,7 @@ mod tests {
         r: &Replaying,
         costs: Costs,
     ) -> (Projection, Costs) {
-        let drafts: Vec<Vec<(Token, f32)>> = drafts
-            .iter()
-            .map(|d| d.iter().map(|&(t, p)| (Token::new(t), p)).collect())
-            .collect();
+        let drafts = draft_tokens(drafts);
         let (prompt, answer) = (toks(&[1, 2, 3]), toks(answer));
         let case = Case {
             draft_prompt: &prompt,
@@ -763,6 +760,28 @@ mod tests {
             drafts: &drafts,
         };
         project(&case, target, drafter, r, costs)
+    }
+
+    /// Each position's drafts, as (token, the drafter's probability).
+    type Drafts = Vec<Vec<(i32, f32)>>;
+
+    fn draft_tokens(drafts: &[Vec<(i32, f32)>]) -> Vec<Vec<(Token, f32)>> {
+        drafts
+            .iter()
+            .map(|d| d.iter().map(|&(t, p)| (Token::new(t), p)).collect())
+            .collect()
+    }
+
+    /// A 300-token answer on a GPU-like target (a batch of 7 costs 1.2 steps) with a drafter at
+    /// a tenth of a step, and drafts of 6 that are always right.
+    fn gpu_like() -> (Vec<i32>, CostCurve, CostCurve, Drafts) {
+        let answer: Vec<i32> = (100..400).collect();
+        let target = CostCurve::parse("1:10,7:12,17:20", 17).unwrap();
+        let drafter = CostCurve::parse("1:1,17:3", 17).unwrap();
+        let right = (0..answer.len())
+            .map(|i| answer[i..].iter().take(6).map(|&t| (t, 0.9)).collect())
+            .collect();
+        (answer, target, drafter, right)
     }
 
     fn replaying(drafter: bool) -> Replaying {
@@ -781,13 +800,7 @@ mod tests {
 
     #[test]
     fn a_drafter_that_is_always_right_and_cheap_pays_and_one_that_is_wrong_is_dropped() {
-        let answer: Vec<i32> = (100..400).collect();
-        // GPU-like target (a batch of 7 costs 1.2 steps), a drafter at a tenth of a step.
-        let target = CostCurve::parse("1:10,7:12,17:20", 17).unwrap();
-        let drafter = CostCurve::parse("1:1,17:3", 17).unwrap();
-        let right: Vec<Vec<(i32, f32)>> = (0..answer.len())
-            .map(|i| answer[i..].iter().take(6).map(|&t| (t, 0.9)).collect())
-            .collect();
+        let (answer, target, drafter, right) = gpu_like();
         let costs = calibrated(&target, 6, 16);
         let (p, _) = project_on(
             &answer,
@@ -820,19 +833,9 @@ mod tests {
     /// drafts of γ allow.
     #[test]
     fn the_bound_knowing_the_answer_is_above_the_policy() {
-        let answer: Vec<i32> = (100..400).collect();
-        let target = CostCurve::parse("1:10,7:12,17:20", 17).unwrap();
-        let drafter = CostCurve::parse("1:1,17:3", 17).unwrap();
-        let case = |drafts: &[Vec<(i32, f32)>]| -> (Vec<Token>, Vec<Vec<(Token, f32)>>) {
-            let d = drafts
-                .iter()
-                .map(|d| d.iter().map(|&(t, p)| (Token::new(t), p)).collect())
-                .collect();
-            (toks(&answer), d)
-        };
+        let (answer, target, drafter, right) = gpu_like();
         let bound = |drafts: &[Vec<(i32, f32)>], with_drafter: bool| {
-            let prompt = toks(&[1, 2, 3]);
-            let (answer, drafts) = case(drafts);
+            let (prompt, answer, drafts) = (toks(&[1, 2, 3]), toks(&answer), draft_tokens(drafts));
             let case = Case {
                 draft_prompt: &prompt,
                 prompt: &prompt,
@@ -841,9 +844,6 @@ mod tests {
             };
             best_speedup(&case, &target, Some(&drafter), &replaying(with_drafter))
         };
-        let right: Vec<Vec<(i32, f32)>> = (0..answer.len())
-            .map(|i| answer[i..].iter().take(6).map(|&t| (t, 0.9)).collect())
-            .collect();
         let (p, _) = project_on(
             &answer,
             &right,
