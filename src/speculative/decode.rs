@@ -678,7 +678,18 @@ fn calibrate(
             }
         }
     }
-    tracing::debug!(?sizes, passes, "verification costs calibrated");
+    let ms: Vec<String> = policy
+        .costs()
+        .verify_curve()
+        .iter()
+        .map(|(g, t)| format!("{g}:{:.1}", t * 1e3))
+        .collect();
+    tracing::debug!(
+        ?sizes,
+        passes,
+        ms = ms.join(" "),
+        "verification costs calibrated"
+    );
     Ok(())
 }
 
