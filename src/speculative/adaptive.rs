@@ -184,7 +184,7 @@ pub struct Costs {
     draft_step: Mean,
     model: Rate,
     /// By match length, for matches in the prompt, then for matches in the answer.
-    lookup: [Rate; 8],
+    lookup: [Rate; 10],
     /// With fixed verification shapes: theirs.
     shapes: ShapeCosts,
 }
@@ -195,7 +195,7 @@ impl Default for Costs {
             verify: VerifyCost::default(),
             draft_step: Mean::default(),
             model: Rate::prior(0.6),
-            lookup: [0.3, 0.5, 0.6, 0.75, 0.4, 0.6, 0.8, 0.9].map(Rate::prior),
+            lookup: [0.3, 0.5, 0.6, 0.75, 0.8, 0.4, 0.6, 0.8, 0.9, 0.95].map(Rate::prior),
             shapes: ShapeCosts::default(),
         }
     }
@@ -259,7 +259,7 @@ pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
     (1.0 - alpha.powi(i32::try_from(k + 1).unwrap_or(i32::MAX))) / (1.0 - alpha)
 }
 
-/// Lookup acceptance is tracked per match length (2, 3, 4-7, 8 and more tokens) and by where
+/// Lookup acceptance is tracked per match length (2, 3, 4-7, 8-15, 16 and more tokens) and by where
 /// the match is: the prompt's documents, or the answer itself (a model repeating itself keeps
 /// doing so, a quote may end any time).
 fn bucket(match_len: usize, in_answer: bool) -> usize {
@@ -267,9 +267,10 @@ fn bucket(match_len: usize, in_answer: bool) -> usize {
         0..=2 => 0,
         3 => 1,
         4..=7 => 2,
-        _ => 3,
+        8..=15 => 3,
+        _ => 4,
     };
-    by_len + 4 * usize::from(in_answer)
+    by_len + 5 * usize::from(in_answer)
 }
 
 /// What a round may draft from: the candidates the policy chooses among.
@@ -1072,5 +1073,30 @@ mod tests {
         let refuted = plain_steps_before_drafting(Some(false));
         assert!(confirmed < alone, "{confirmed} vs {alone}");
         assert_eq!(refuted, alone);
+    }
+
+    /// A model repeating 32 tokens of its answer goes on more surely than a 10-token echo: their
+    /// acceptance is learned apart, so echoes that keep failing do not close long repetitions.
+    #[test]
+    fn matches_of_sixteen_tokens_and_more_are_judged_apart() {
+        let mut p = Policy::new(true, 1.0);
+        for (g, t) in CPU {
+            p.record_verify(g, ms(t));
+        }
+        for _ in 0..200 {
+            p.record(round(DraftSource::None, 0, 0, 0, CPU[0].1));
+        }
+        for _ in 0..10 {
+            p.observe_lookup(10, true, 1, true);
+        }
+        let choose = |p: &mut Policy, len| {
+            p.choose(Candidates {
+                lookup: Some((len, 16)),
+                lookup_in_answer: true,
+                ..Candidates::default()
+            })
+        };
+        assert_eq!(choose(&mut p, 10), Choice::NONE);
+        assert_eq!(choose(&mut p, 32).source, DraftSource::Lookup);
     }
 }
