@@ -259,9 +259,9 @@ pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
     (1.0 - alpha.powi(i32::try_from(k + 1).unwrap_or(i32::MAX))) / (1.0 - alpha)
 }
 
-/// Lookup acceptance is tracked per match length (2, 3, 4-7, 8-15, 16 and more tokens) and by where
-/// the match is: the prompt's documents, or the answer itself (a model repeating itself keeps
-/// doing so, a quote may end any time).
+/// Lookup acceptance is tracked per match length (2, 3, 4-7, 8-15, 16 and more tokens) and by
+/// where the match is: the prompt's documents, or the answer itself (a model repeating itself
+/// keeps doing so, a quote may end any time).
 fn bucket(match_len: usize, in_answer: bool) -> usize {
     let by_len = match match_len {
         0..=2 => 0,
