@@ -5,10 +5,10 @@
 //! tokens per second, where a plain step yields 1 token in `t_verify(1)`. The rates and costs are
 //! measured as the answer goes (acceptance per source, and for lookups per match length, since a
 //! long match is a better guess than a short one; a lookup the policy declined is scored against
-//! the tokens the round produced anyway, so its estimate keeps learning for free). A drafter that sat out some rounds must first
-//! catch up on the tokens emitted meanwhile: that batch is part of its cost. So when drafting does
-//! not pay, as on a CPU where verifying `G` tokens costs a good share of `G` steps, the policy
-//! falls back to plain steps.
+//! the tokens the round produced anyway, so its estimate keeps learning for free). A drafter that
+//! sat out some rounds must first catch up on the tokens emitted meanwhile: that batch is part of
+//! its cost. So when drafting does not pay, as on a CPU where verifying `G` tokens costs a good
+//! share of `G` steps, the policy falls back to plain steps.
 //!
 //! The estimates carry over from earlier answers, and a new answer may not be like them: a short
 //! answer that quotes nothing can lose on lookups that paid in a repetitive one. So each answer

@@ -709,9 +709,9 @@ pub fn timed_verification(target: &mut Context, batch: &[Token]) -> Result<Durat
 
 /// Times each fixed verification shape, once per engine: five batches in a row, where on a GPU
 /// the first runs without a CUDA graph, the second captures one and the others replay it (their
-/// median is the steady time; the first two's extra is what a change of shape costs). On a GPU the whole is
-/// run twice and the second pass kept (a shape's very first batch pays one-time set-up). The
-/// batches are rolled back: the cache is as before.
+/// median is the steady time; the first two's extra is what a change of shape costs). On a GPU
+/// the whole is run twice and the second pass kept (a shape's very first batch pays one-time
+/// set-up). The batches are rolled back: the cache is as before.
 fn calibrate_shapes(
     target: &mut Context,
     pending: Token,
