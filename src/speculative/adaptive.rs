@@ -543,15 +543,12 @@ impl Policy {
             }
         };
         if let Some((len, avail)) = lookup {
-            let alpha = self.costs.lookup[bucket(len, in_answer)].alpha();
-            for k in 1..=avail {
-                if let Some(t) = self.costs.verify.estimate(k + 1) {
-                    let choice = Choice {
-                        source: DraftSource::Lookup,
-                        k,
-                    };
-                    consider(expected_tokens(alpha, k) / t, t, choice);
-                }
+            for (k, rate, t) in self.lookup_drafts(len, in_answer, avail) {
+                let choice = Choice {
+                    source: DraftSource::Lookup,
+                    k,
+                };
+                consider(rate, t, choice);
             }
         }
         if model_max > 0 {
@@ -594,17 +591,26 @@ impl Policy {
     /// The lookup draft of `p` the policy would take without a loss budget (its length), if
     /// any.
     fn unbudgeted_lookup(&self, p: &Proposal) -> Option<usize> {
-        let t1 = self.costs.verify.estimate(1)?;
-        let alpha = self.costs.lookup[bucket(p.match_len, p.in_answer)].alpha();
-        let mut best = (MARGIN / t1, None);
-        for k in 1..=p.tokens.len() {
+        let plain = MARGIN / self.costs.verify.estimate(1)?;
+        self.lookup_drafts(p.match_len, p.in_answer, p.tokens.len())
+            .filter(|&(_, rate, _)| rate > plain)
+            .reduce(|best, d| if d.1 > best.1 { d } else { best })
+            .map(|(k, _, _)| k)
+    }
+
+    /// The lookup drafts of up to `avail` tokens from a match of `len` (in the answer or the
+    /// prompt), as (tokens, expected tokens per second, verification time).
+    fn lookup_drafts(
+        &self,
+        len: usize,
+        in_answer: bool,
+        avail: usize,
+    ) -> impl Iterator<Item = (usize, f64, f64)> + '_ {
+        let alpha = self.costs.lookup[bucket(len, in_answer)].alpha();
+        (1..=avail).filter_map(move |k| {
             let t = self.costs.verify.estimate(k + 1)?;
-            let rate = expected_tokens(alpha, k) / t;
-            if rate > best.0 {
-                best = (rate, Some(k));
-            }
-        }
-        best.1
+            Some((k, expected_tokens(alpha, k) / t, t))
+        })
     }
 
     /// How much more than plain steps a draft may still lose in this answer, in seconds (`t1`: a
