@@ -161,6 +161,11 @@ fn greedy_rapid_and_sd_reproduce_greedy_ar_for_every_demo_question() {
             if verify_batch > 0 {
                 // Every round decodes the batch, drafting a lookup whenever there is one.
                 assert_eq!(s.drafted, s.lookup_drafted, "{s:?}");
+                // A padded round is no plain step: the speed-up is over the timed one-token
+                // step (the shapes' curve), not over a batch of 8.
+                assert_eq!(s.plain_step_s, 0.0, "{s:?}");
+                assert!(s.verify_curve.iter().any(|&(g, _)| g == 1), "{s:?}");
+                assert!(s.speedup > 0.0, "{s:?}");
             }
             // The fixed batch the statistics name: the one asked for (on a CPU, none by default).
             assert_eq!(s.verify_shape as usize, verify_batch, "{s:?}");

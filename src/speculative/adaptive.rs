@@ -230,6 +230,11 @@ impl Costs {
         super::shapes::default_fixed(&self.shapes)
     }
 
+    /// The fixed shapes' steady times as (size, seconds), smallest first.
+    pub fn shape_curve(&self) -> Vec<(usize, f64)> {
+        self.shapes.curve()
+    }
+
     /// The verification time per batch size measured so far, as (size, seconds), smallest first.
     pub fn verify_curve(&self) -> Vec<(usize, f64)> {
         self.verify

@@ -125,6 +125,11 @@ pub fn generate(
         policy.costs(),
     ))
     .filter(|&g| !shaped && params.lookup && g > 1);
+    // Under a fixed shape no round is a plain step: the answer's speed-up is over the one-token
+    // step, timed as a shape of 1 (already, where the shapes were calibrated).
+    if fixed_shape.is_some() && !cancelled && !policy.costs().shapes_calibrated(&[1]) {
+        calibrate_shapes(target, pending, &[1], &mut policy)?;
+    }
     if params.adaptive
         && !shaped
         && fixed_shape.is_none()
@@ -182,8 +187,9 @@ pub fn generate(
             &mut rng,
         )?;
         let t_verify = t1.elapsed();
-        // (A round padded to a larger shape is no plain step, even without a draft.)
-        let plain = draft.tokens.is_empty() && (!plan.shaped || plan.fixed == Some(1));
+        // (A round padded to a larger shape is no plain step, even without a draft: under a
+        // fixed shape the answer's speed-up is then over the calibrated one-token step.)
+        let plain = draft.tokens.is_empty() && plan.fixed.is_none_or(|g| g == 1);
         tally.timed(t_draft, t_verify, plain);
         let measured = measured(&plan, source, &draft, &verified, t_draft, t_verify);
         // (A fixed shape's times are not those of its drafts' sizes.)
@@ -649,7 +655,11 @@ fn account(
         target_n_ctx: target.n_ctx(),
         draft_n_ctx: drafter.map_or(0, |d| d.ctx.n_ctx()),
         ceiling: policy.ceiling().unwrap_or(0.0),
-        verify_curve: policy.curve(),
+        verify_curve: if clock.verify_shape > 0 {
+            policy.costs().shape_curve()
+        } else {
+            policy.curve()
+        },
         shape_switches: policy.shape_switches(),
         cancelled,
     })
