@@ -138,6 +138,8 @@ pub fn generate(
     {
         calibrate(target, pending, params, &mut policy)?;
     }
+    // The lookup's index of the prompt is built with the prefill, before the first token.
+    let mut answer = Answer::new(model, prompt, drafter.as_ref(), params.lookup);
     tally.prefill_done(started.elapsed().as_secs_f64());
     let clock = Clock {
         decode_started: Instant::now(),
@@ -145,7 +147,6 @@ pub fn generate(
         verify_shape: fixed_shape.map_or(0, |g| u32::try_from(g).unwrap_or(u32::MAX)),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
-    let mut answer = Answer::new(model, prompt, drafter.as_ref(), params.lookup);
     // With `ignore_eos`: the end-of-generation tokens, masked out of the target's logits.
     let eog: Vec<usize> = if params.ignore_eos {
         (0..target.n_vocab())
