@@ -23,6 +23,14 @@
 //! answer that has shown it repeats what the lookups propose need not wait for its budget to
 //! grow from plain steps. What it may then lose is at most half of that evidence beyond the few
 //! percent.
+//!
+//! On a GPU a batch of a new size runs without llama.cpp's CUDA graph and the next one captures
+//! it anew (see [`super::shapes`]): a draft of another size than the last round's costs that
+//! change, and the plain steps after it the change back. Where the shapes' costs were timed (a
+//! GPU with the target as its own drafter) a draft is priced with the change back (the measured
+//! extra of the two batches after a change) unless it keeps the last round's size, and a plain
+//! step is the one-token shape's steady time. Gemma 3 270M on an H100 verifies 2 tokens in about
+//! 2.4 steps, and the change back costs 3-4 more: there only long lookups that hold pay.
 
 use std::time::Duration;
 
@@ -230,6 +238,12 @@ impl Costs {
         super::shapes::default_fixed(&self.shapes)
     }
 
+    /// The one-token shape's steady time and the extra time of a change of shape, where the
+    /// shapes were timed (see [`Policy::with_graphs`]).
+    pub fn graph_costs(&self) -> Option<(f64, f64)> {
+        Some((self.shapes.steady(1)?, self.shapes.measured_switch()?))
+    }
+
     /// The fixed shapes' steady times as (size, seconds), smallest first.
     pub fn shape_curve(&self) -> Vec<(usize, f64)> {
         self.shapes.curve()
@@ -312,6 +326,11 @@ pub struct Policy {
     /// What the declined lookups followed to their end would have gained in this answer, in
     /// seconds (negative: lost).
     shadow_gained: f64,
+    /// On a GPU (see the module's doc): the one-token step's steady time and the extra time of
+    /// the two batches after a change of shape, in seconds.
+    graphs: Option<(f64, f64)>,
+    /// The size of the last round's batch (1: a plain step).
+    last_batch: usize,
 }
 
 /// A declined lookup's tokens and how many of them the answer has confirmed so far.
@@ -336,6 +355,31 @@ impl Policy {
             shapes: None,
             shadow: None,
             shadow_gained: 0.0,
+            graphs: None,
+            last_batch: 1,
+        }
+    }
+
+    /// Prices drafts for a GPU whose batch shapes were timed: `t1` a one-token step's steady
+    /// time, `switch` the extra time of the two batches after a change of shape.
+    pub fn with_graphs(mut self, t1: f64, switch: f64) -> Self {
+        self.graphs = Some((t1, switch));
+        self
+    }
+
+    /// A plain step's time (see [`Self::with_graphs`]).
+    fn t1(&self) -> Option<f64> {
+        self.graphs
+            .map(|(t1, _)| t1)
+            .or_else(|| self.costs.verify.estimate(1))
+    }
+
+    /// What a batch of `g` costs beyond its own time: on a GPU, a change from the last round's
+    /// size is paid back by the plain steps after it.
+    fn change_cost(&self, g: usize) -> f64 {
+        match self.graphs {
+            Some((_, switch)) if g != self.last_batch && g > 1 => switch,
+            _ => 0.0,
         }
     }
 
@@ -470,11 +514,8 @@ impl Policy {
             // target's own, for the batch of all its tokens.
             let (k, agreed) = (shadow.tokens.len(), shadow.agreed);
             self.shadow = None;
-            if let (Some(t1), Some(t)) = (
-                self.costs.verify.estimate(1),
-                self.costs.verify.estimate(k + 1),
-            ) {
-                self.shadow_gained += (agreed + 1) as f64 * t1 - t;
+            if let (Some(t1), Some(t)) = (self.t1(), self.costs.verify.estimate(k + 1)) {
+                self.shadow_gained += (agreed + 1) as f64 * t1 - t - self.change_cost(k + 1);
             }
             break;
         }
@@ -524,7 +565,7 @@ impl Policy {
         behind: usize,
     ) -> Choice {
         // Until a plain step has been timed there is nothing to compare with: take one.
-        let Some(t1) = self.costs.verify.estimate(1) else {
+        let Some(t1) = self.t1() else {
             return Choice::NONE;
         };
         // A draft must promise clearly more than a plain step: the estimates are noisy, and a
@@ -572,7 +613,7 @@ impl Policy {
                         source: DraftSource::Model,
                         k,
                     };
-                    let cost = catch_up + (k - 1) as f64 * td + t;
+                    let cost = catch_up + (k - 1) as f64 * td + t + self.change_cost(k + 1);
                     consider(expected_tokens(alpha, k) / cost, cost, choice);
                 }
             }
@@ -596,7 +637,7 @@ impl Policy {
     /// The lookup draft of `p` the policy would take without a loss budget (its length), if
     /// any.
     fn unbudgeted_lookup(&self, p: &Proposal) -> Option<usize> {
-        let plain = MARGIN / self.costs.verify.estimate(1)?;
+        let plain = MARGIN / self.t1()?;
         self.lookup_drafts(p.match_len, p.in_answer, p.tokens.len())
             .filter(|&(_, rate, _)| rate > plain)
             .reduce(|best, d| if d.1 > best.1 { d } else { best })
@@ -613,7 +654,7 @@ impl Policy {
     ) -> impl Iterator<Item = (usize, f64, f64)> + '_ {
         let alpha = self.costs.lookup[bucket(len, in_answer)].alpha();
         (1..=avail).filter_map(move |k| {
-            let t = self.costs.verify.estimate(k + 1)?;
+            let t = self.costs.verify.estimate(k + 1)? + self.change_cost(k + 1);
             Some((k, expected_tokens(alpha, k) / t, t))
         })
     }
@@ -634,11 +675,12 @@ impl Policy {
         let produced = round.accepted + 1;
         self.tokens += produced;
         if round.drafted > 0
-            && let Some(t1) = self.costs.verify.estimate(1)
+            && let Some(t1) = self.t1()
         {
             let t = (round.t_draft + round.t_verify).as_secs_f64();
-            self.gained += produced as f64 * t1 - t;
+            self.gained += produced as f64 * t1 - t - self.change_cost(g);
         }
+        self.last_batch = g;
         self.costs.verify.record(g, round.t_verify.as_secs_f64());
         match round.source {
             DraftSource::None => {}
@@ -774,6 +816,51 @@ mod tests {
         });
         assert_eq!(c.source, DraftSource::Lookup);
         assert!(c.k >= 3, "{c:?}");
+    }
+
+    /// On a GPU a batch of a new size runs without its CUDA graph and the plain steps after it
+    /// pay the change back: a short lookup that pays at the batches' own times is declined there,
+    /// while a loop's long lookups are taken and keep their size.
+    #[test]
+    fn on_a_gpu_a_draft_pays_for_the_change_of_shape() {
+        let measure = |p: &mut Policy| {
+            for _ in 0..300 {
+                p.record(round(DraftSource::None, 0, 0, 0, 1.3));
+            }
+            p.record_verify(5, ms(2.0));
+            p.record_verify(17, ms(4.0));
+            // Lookups of 5-token matches in the prompt: 3 of 4 right.
+            for _ in 0..20 {
+                p.observe_lookup(5, false, 3, true);
+            }
+        };
+        let short = Candidates {
+            lookup: Some((5, 4)),
+            ..Candidates::default()
+        };
+        let mut cpu = Policy::new(true, 1.0);
+        measure(&mut cpu);
+        assert_eq!(cpu.choose(short).source, DraftSource::Lookup);
+
+        let mut gpu = Policy::new(true, 1.0).with_graphs(1.3e-3, 4.5e-3);
+        measure(&mut gpu);
+        assert_eq!(gpu.choose(short), Choice::NONE);
+        let long = Candidates {
+            lookup: Some((20, 16)),
+            lookup_in_answer: true,
+            ..Candidates::default()
+        };
+        let first = gpu.choose(long);
+        assert_eq!((first.source, first.k), (DraftSource::Lookup, 16));
+        let mut r = round(DraftSource::Lookup, 20, 16, 16, 4.0);
+        r.lookup_in_answer = true;
+        gpu.record(r);
+        // The next batch of the same size replays its graph: no change to pay for.
+        assert_eq!(gpu.change_cost(17), 0.0);
+        assert_eq!(gpu.choose(long).k, 16);
+        // After a plain step, a draft pays the change again.
+        gpu.record(round(DraftSource::None, 0, 0, 0, 1.3));
+        assert!((gpu.change_cost(17) - 4.5e-3).abs() < 1e-12);
     }
 
     /// The next answer's policy: the same estimates, a new loss budget.

@@ -138,6 +138,14 @@ pub fn generate(
     {
         calibrate(target, pending, params, &mut policy)?;
     }
+    // On a GPU whose shapes were timed, a draft of a changing size pays for llama.cpp's graphs.
+    if target.on_gpu()
+        && !shaped
+        && fixed_shape.is_none()
+        && let Some((t1, switch)) = policy.costs().graph_costs()
+    {
+        policy = policy.with_graphs(t1, switch);
+    }
     // The lookup's index of the prompt is built with the prefill, before the first token.
     let mut answer = Answer::new(model, prompt, drafter.as_ref(), params.lookup);
     tally.prefill_done(started.elapsed().as_secs_f64());

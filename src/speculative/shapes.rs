@@ -122,6 +122,11 @@ impl ShapeCosts {
         self.switch.record(extra.max(0.0));
     }
 
+    /// The extra time of a change of shape, if measured.
+    pub fn measured_switch(&self) -> Option<f64> {
+        self.switch.get()
+    }
+
     /// The extra time of a change of shape (a plain step's worth until measured).
     pub fn switch(&self) -> f64 {
         self.switch.get().or_else(|| self.steady(1)).unwrap_or(0.0)
