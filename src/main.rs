@@ -179,9 +179,11 @@ struct SimulateArgs {
     /// The longest drafter continuation recorded per position.
     #[arg(long, default_value_t = 16)]
     max_draft: usize,
-    /// With --verify-shapes or --verify-batch: the extra time of the two rounds after a change
-    /// of batch shape, in ms (on a GPU: a batch without its CUDA graph, then a new capture;
-    /// `rapid-chat ask --verify-shapes` logs what it measured).
+    /// The extra time of the two rounds after a change of batch shape, in ms (on a GPU: a batch
+    /// without its CUDA graph, then a new capture; the log's "verification shapes calibrated"
+    /// line shows it). Fixed shapes pay it at their changes; rounds of their own lengths at
+    /// every change of length, and the policy prices it as the engine does on a GPU where the
+    /// shapes were timed (not with --verify-batch 1).
     #[arg(long, default_value_t = 0.0, value_name = "MS")]
     switch_ms: f64,
     /// Print JSON: {"questions": [{"question", "speedup", ...}], "median", "worst", ...}.

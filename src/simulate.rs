@@ -257,9 +257,10 @@ pub fn project_all(
             None => None,
         };
         // The engine calibrates once, before its first answer.
-        let start = costs
-            .take()
-            .unwrap_or_else(|| replay::calibrated(&tc, r.gamma, r.lookup_max));
+        let start = costs.take().unwrap_or_else(|| {
+            let switch_s = if shaped { 0.0 } else { r.switch_s };
+            replay::calibrated_without_graphs(&tc, r.gamma, r.lookup_max, switch_s)
+        });
         let (p, next) = if shaped {
             replay::project_shaped(&tokens(t).case(), &tc, r, start)
         } else {

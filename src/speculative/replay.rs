@@ -148,8 +148,11 @@ pub struct Replaying {
     /// not apply the engine's GPU default). Lookups only.
     pub verify_shapes: usize,
     pub verify_batch: usize,
-    /// With fixed shapes: the extra time of the two rounds after a change of shape, seconds
-    /// (on a GPU: the batch run without a CUDA graph, then the capture of a new one).
+    /// The extra time of the two rounds after a change of batch shape, seconds (on a GPU: the
+    /// batch run without a CUDA graph, then the capture of a new one; 0: a CPU). With fixed
+    /// shapes, paid at their changes; with each round at its own length, at every change of
+    /// length, and the policy prices it unless `verify_batch` is 1 (as the engine does on a
+    /// GPU, where `verify_batch = 1` skips the shapes' timing).
     pub switch_s: f64,
 }
 
@@ -285,6 +288,10 @@ pub fn project(
     let drafter = drafter.filter(|_| r.drafter);
     let hint = drafter.map_or(1.0, |d| d.t(1) / target.t(1));
     let mut policy = Policy::new(r.adaptive, hint).with_costs(costs);
+    if r.switch_s > 0.0 && r.verify_batch != 1 {
+        policy = policy.with_graphs(target.t(1), r.switch_s);
+    }
+    let mut graph = Graph::default();
     let mut p = Projection {
         tokens: n,
         plain_s: n as f64 * target.t(1),
@@ -339,7 +346,7 @@ pub fn project(
             source = DraftSource::None;
         }
         let produced = (accepted + 1).min(left);
-        let t_verify = target.t(k + 1);
+        let t_verify = target.t(k + 1) + graph.extra(k + 1, r.switch_s);
         policy.record(adaptive::Round {
             source,
             match_len: prop.map_or(0, |(q, _)| q.match_len),
@@ -357,6 +364,37 @@ pub fn project(
         i += produced;
     }
     (p, policy.costs().clone())
+}
+
+/// llama.cpp's CUDA graph of a context, as a replay of rounds at their own lengths meets it:
+/// a batch of a new size runs without one (40% of a change's extra time, as an H100 measured
+/// it), the next of that size captures it (60%), and the ones after replay it. The answer
+/// starts in plain steps that replay theirs (plain decoding pays its first two steps too).
+struct Graph {
+    size: usize,
+    calls: usize,
+}
+
+impl Default for Graph {
+    fn default() -> Self {
+        Self { size: 1, calls: 2 }
+    }
+}
+
+impl Graph {
+    /// The extra time of a batch of `g`, the change costing `switch_s` over two batches.
+    fn extra(&mut self, g: usize, switch_s: f64) -> f64 {
+        if g != self.size {
+            self.size = g;
+            self.calls = 0;
+        }
+        self.calls += 1;
+        match self.calls {
+            1 => 0.4 * switch_s,
+            2 => 0.6 * switch_s,
+            _ => 0.0,
+        }
+    }
 }
 
 /// Replays verification in fixed shapes, as the decode loop does with `verify_shapes` (the
@@ -616,9 +654,23 @@ pub fn replay_fixed(
 
 /// Costs as a calibration on `curve` leaves them (the sizes the decode loop calibrates).
 pub fn calibrated(curve: &CostCurve, gamma: usize, lookup_max: usize) -> Costs {
+    calibrated_without_graphs(curve, gamma, lookup_max, 0.0)
+}
+
+/// The same on a GPU whose change of batch shape costs `switch_s` (see [`Replaying`]): each
+/// size the calibration times follows another, so it runs without its CUDA graph.
+pub fn calibrated_without_graphs(
+    curve: &CostCurve,
+    gamma: usize,
+    lookup_max: usize,
+    switch_s: f64,
+) -> Costs {
     let mut costs = Costs::default();
     for g in adaptive::calibration_sizes(gamma, Some(lookup_max)) {
-        costs.record_verify(g, curve.duration(g));
+        costs.record_verify(
+            g,
+            curve.duration(g) + Duration::from_secs_f64(0.4 * switch_s),
+        );
     }
     costs
 }
@@ -641,6 +693,59 @@ mod tests {
         assert!((c.t(20) - 0.017).abs() < 1e-12);
         assert!(CostCurve::parse("2:1", 4).is_err());
         assert!(CostCurve::parse("1:x", 4).is_err());
+    }
+
+    #[test]
+    fn a_change_of_batch_size_runs_without_its_graph_then_captures_it() {
+        let mut g = Graph::default();
+        let extras: Vec<f64> = [1, 1, 5, 5, 5, 1, 1, 1]
+            .iter()
+            .map(|&size| g.extra(size, 10.0))
+            .collect();
+        assert_eq!(extras, [0.0, 0.0, 4.0, 6.0, 0.0, 4.0, 6.0, 0.0]);
+    }
+
+    /// On a GPU the changes of batch size cost time: a loop's replay is slower with them, and
+    /// the policy that prices them (as the engine does where the shapes were timed) drafts fewer
+    /// tokens than one that does not.
+    #[test]
+    fn changes_of_batch_size_are_paid_and_priced() {
+        let prompt = toks(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        let mut answer = toks(&[20, 21, 22, 23, 24, 25]);
+        for _ in 0..40 {
+            answer.extend(toks(&[30, 31, 32, 33, 34, 35, 36]));
+        }
+        let curve = CostCurve::parse("1:1.0, 8:1.3, 9:3.0, 17:3.8", 17).unwrap();
+        let case = Case {
+            draft_prompt: &[],
+            prompt: &prompt,
+            answer: &answer,
+            drafts: &[],
+        };
+        let run = |switch_s: f64, verify_batch: usize| {
+            let r = Replaying {
+                gamma: 1,
+                lookup: true,
+                lookup_max: 16,
+                adaptive: true,
+                draft_confidence: 0.0,
+                drafter: false,
+                verify_shapes: 0,
+                verify_batch,
+                switch_s,
+            };
+            let costs = calibrated_without_graphs(&curve, 1, 16, switch_s);
+            project(&case, &curve, None, &r, costs).0
+        };
+        let free = run(0.0, 0);
+        let unpriced = run(0.003, 1);
+        let priced = run(0.003, 0);
+        assert!(unpriced.speedup() < free.speedup(), "{unpriced:?} {free:?}");
+        assert!(priced.drafted < unpriced.drafted, "{priced:?} {unpriced:?}");
+        for p in [free, unpriced, priced] {
+            assert_eq!(p.tokens, answer.len());
+            assert!(p.speedup() > 1.0, "a loop still pays: {p:?}");
+        }
     }
 
     #[test]
