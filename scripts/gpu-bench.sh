@@ -111,7 +111,7 @@ if [[ $PARTS == *4* ]]; then
   echo "part 4: $(( $(date +%s) - t0 )) s"; summary "$OUT"/shapes-*.json
   echo "rapid-chat's calibrations of the shapes:"
   grep -h "shapes calibrated" "$RAPID_CHAT_CACHE_DIR/rapid-chat.log" | sed 's/^.*seen=/  /' | sort -u | head -4
-  echo "SmolLM2's steady cost per batch size (the same shape repeated):"; cat "$OUT/smol-curve.csv"
+  echo "${MODEL:-SmolLM2}'s steady cost per batch size (the same shape repeated):"; cat "$OUT/smol-curve.csv"
 fi
 [[ $PARTS == *3* ]] || exit 0
 
