@@ -404,11 +404,6 @@ impl Policy {
         self.costs.shapes_calibrated(self.shape_sizes())
     }
 
-    /// Rounds verified in the current fixed shape since it was taken (None: no fixed shapes).
-    pub fn rounds_in_shape(&self) -> Option<usize> {
-        self.shapes.as_ref().map(Shapes::rounds_in)
-    }
-
     /// The changes of shape in this answer.
     pub fn shape_switches(&self) -> usize {
         self.shapes.as_ref().map_or(0, |s| s.switches)

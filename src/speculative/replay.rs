@@ -366,10 +366,14 @@ pub fn project(
     (p, policy.costs().clone())
 }
 
-/// llama.cpp's CUDA graph of a context, as a replay of rounds at their own lengths meets it:
-/// a batch of a new size runs without one (40% of a change's extra time, as an H100 measured
-/// it), the next of that size captures it (60%), and the ones after replay it. The answer
-/// starts in plain steps that replay theirs (plain decoding pays its first two steps too).
+/// The share of a change of batch shape's extra time that its first batch, run without a CUDA
+/// graph, pays (as an H100 measured it); the next batch, which captures the graph, pays the rest.
+const WITHOUT_GRAPH: f64 = 0.4;
+
+/// llama.cpp's CUDA graph of a context, as a replay meets it: a batch of a new size runs
+/// without one, the next of that size captures it, and the ones after replay it (see
+/// [`WITHOUT_GRAPH`]). Rounds at their own lengths start in plain steps that replay theirs
+/// (plain decoding pays its first two steps too).
 struct Graph {
     size: usize,
     calls: usize,
@@ -390,8 +394,8 @@ impl Graph {
         }
         self.calls += 1;
         match self.calls {
-            1 => 0.4 * switch_s,
-            2 => 0.6 * switch_s,
+            1 => WITHOUT_GRAPH * switch_s,
+            2 => (1.0 - WITHOUT_GRAPH) * switch_s,
             _ => 0.0,
         }
     }
@@ -401,8 +405,8 @@ impl Graph {
 /// policy choosing among shapes of 1, 2, 4, … tokens, see [`super::shapes`]) or `verify_batch`
 /// (every round in one shape): each round verifies as much of the lookup as its shape holds,
 /// padded, at the shape's time on `target`; the two rounds after a change of shape cost
-/// `switch_s` more between them (40% then 60%, as an H100 measured it), except the answer's
-/// first two, which plain steps pay as well. Lookups only.
+/// `switch_s` more between them ([`Graph`]), except the answer's first two, which plain steps
+/// pay as well. Lookups only.
 pub fn project_shaped(
     case: &Case<'_>,
     target: &CostCurve,
@@ -439,17 +443,19 @@ pub fn project_shaped(
         plain_s: n as f64 * target.t(1),
         ..Projection::default()
     };
+    // The answer's first shape is paid for with the prefill, as plain steps pay theirs.
+    let mut graph: Option<Graph> = None;
     let mut i = 0;
     while i < n {
         let left = n - i;
         let prop = props[i].as_ref();
-        let changes = policy.shape_switches();
         let shape = fixed.or_else(|| policy.shape(left)).unwrap_or(1);
-        let extra = match policy.rounds_in_shape() {
-            Some(0) if policy.shape_switches() > 0 => 0.4 * r.switch_s,
-            Some(1) if changes > 0 => 0.6 * r.switch_s,
-            _ => 0.0,
-        };
+        let extra = graph
+            .get_or_insert(Graph {
+                size: shape,
+                calls: 2,
+            })
+            .extra(shape, r.switch_s);
         let (k, agree) = prop.map_or((0, 0), |(q, agree)| (q.tokens.len().min(shape - 1), *agree));
         let accepted = agree.min(k);
         let source = if k > 0 {
@@ -669,7 +675,7 @@ pub fn calibrated_without_graphs(
     for g in adaptive::calibration_sizes(gamma, Some(lookup_max)) {
         costs.record_verify(
             g,
-            curve.duration(g) + Duration::from_secs_f64(0.4 * switch_s),
+            curve.duration(g) + Duration::from_secs_f64(WITHOUT_GRAPH * switch_s),
         );
     }
     costs

@@ -129,7 +129,9 @@ impl ShapeCosts {
 
     /// The extra time of a change of shape (a plain step's worth until measured).
     pub fn switch(&self) -> f64 {
-        self.switch.get().or_else(|| self.steady(1)).unwrap_or(0.0)
+        self.measured_switch()
+            .or_else(|| self.steady(1))
+            .unwrap_or(0.0)
     }
 
     /// Replays a produced token on every one of `sizes`: `right` says whether the lookup had it
@@ -214,11 +216,6 @@ impl Shapes {
 
     pub fn sizes(&self) -> &[usize] {
         &self.sizes
-    }
-
-    /// Rounds verified in the current shape since it was taken.
-    pub fn rounds_in(&self) -> usize {
-        self.rounds_in
     }
 
     /// The current shape's size.
