@@ -142,7 +142,7 @@ fn replay(path: &Path, args: &[String]) -> Result<()> {
         );
         println!("|---|---|---|---|---|---|---|---|---|");
         // One engine answers them in order: its estimates carry over, as in `bench`.
-        let mut costs = replay::calibrated(&curve, gamma, lookup_max);
+        let mut costs = replay::calibrated(&curve, gamma, lookup_max, 0.0);
         let (mut ours, mut bests, mut fixeds) = (Vec::new(), Vec::new(), Vec::new());
         for t in &traces {
             let (extra, prompt, answer) = (toks(&t.extra), toks(&t.prompt), toks(&t.answer));

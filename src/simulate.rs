@@ -259,7 +259,7 @@ pub fn project_all(
         // The engine calibrates once, before its first answer.
         let start = costs.take().unwrap_or_else(|| {
             let switch_s = if shaped { 0.0 } else { r.switch_s };
-            replay::calibrated_without_graphs(&tc, r.gamma, r.lookup_max, switch_s)
+            replay::calibrated(&tc, r.gamma, r.lookup_max, switch_s)
         });
         let (p, next) = if shaped {
             replay::project_shaped(&tokens(t).case(), &tc, r, start)

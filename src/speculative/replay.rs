@@ -658,19 +658,10 @@ pub fn replay_fixed(
     r
 }
 
-/// Costs as a calibration on `curve` leaves them (the sizes the decode loop calibrates).
-pub fn calibrated(curve: &CostCurve, gamma: usize, lookup_max: usize) -> Costs {
-    calibrated_without_graphs(curve, gamma, lookup_max, 0.0)
-}
-
-/// The same on a GPU whose change of batch shape costs `switch_s` (see [`Replaying`]): each
-/// size the calibration times follows another, so it runs without its CUDA graph.
-pub fn calibrated_without_graphs(
-    curve: &CostCurve,
-    gamma: usize,
-    lookup_max: usize,
-    switch_s: f64,
-) -> Costs {
+/// Costs as a calibration on `curve` leaves them (the sizes the decode loop calibrates). On a
+/// GPU whose change of batch shape costs `switch_s` (see [`Replaying`]; 0 on a CPU) each size
+/// the calibration times follows another, so it runs without its CUDA graph.
+pub fn calibrated(curve: &CostCurve, gamma: usize, lookup_max: usize, switch_s: f64) -> Costs {
     let mut costs = Costs::default();
     for g in adaptive::calibration_sizes(gamma, Some(lookup_max)) {
         costs.record_verify(
@@ -740,7 +731,7 @@ mod tests {
                 verify_batch,
                 switch_s,
             };
-            let costs = calibrated_without_graphs(&curve, 1, 16, switch_s);
+            let costs = calibrated(&curve, 1, 16, switch_s);
             project(&case, &curve, None, &r, costs).0
         };
         let free = run(0.0, 0);
@@ -764,7 +755,7 @@ mod tests {
         }
         // GPU-like: a batch of up to 8 costs little more than a step.
         let curve = CostCurve::parse("1:1.0, 8:1.3, 9:3.0, 17:3.8", 17).unwrap();
-        let costs = calibrated(&curve, 6, 16);
+        let costs = calibrated(&curve, 6, 16, 0.0);
         let (policy, _) = replay_policy(&[], &prompt, &answer, 16, &curve, costs);
         let best = replay_best(&[], &prompt, &answer, 16, &curve);
         assert_eq!(policy.tokens, answer.len());
@@ -844,7 +835,7 @@ mod tests {
         let prompt = toks(&[1, 2, 3]);
         let answer: Vec<Token> = (100..140).map(Token::new).collect();
         let curve = CostCurve::parse("1:1, 17:5", 17).unwrap();
-        let costs = calibrated(&curve, 6, 16);
+        let costs = calibrated(&curve, 6, 16, 0.0);
         let (r, _) = replay_policy(&[], &prompt, &answer, 16, &curve, costs);
         assert_eq!(r.rounds, answer.len());
         assert_eq!(r.lookup_rounds, 0);
@@ -912,7 +903,7 @@ mod tests {
     #[test]
     fn a_drafter_that_is_always_right_and_cheap_pays_and_one_that_is_wrong_is_dropped() {
         let (answer, target, drafter, right) = gpu_like();
-        let costs = calibrated(&target, 6, 16);
+        let costs = calibrated(&target, 6, 16, 0.0);
         let (p, _) = project_on(
             &answer,
             &right,
@@ -961,7 +952,7 @@ mod tests {
             &target,
             Some(&drafter),
             &replaying(true),
-            calibrated(&target, 6, 16),
+            calibrated(&target, 6, 16, 0.0),
         );
         let best = bound(&right, true);
         assert!(
@@ -986,7 +977,7 @@ mod tests {
             answer.extend([30, 31, 32, 33, 34]);
         }
         let target = CostCurve::parse("1:1.0, 8:1.3, 9:3.0, 17:3.8", 17).unwrap();
-        let costs = calibrated(&target, 6, 16);
+        let costs = calibrated(&target, 6, 16, 0.0);
         // A drafter curve and drafts are given, but the drafter is off.
         let drafter = CostCurve::parse("1:0.1", 17).unwrap();
         let drafts: Vec<Vec<(i32, f32)>> = answer.iter().map(|&t| vec![(t, 1.0); 6]).collect();
