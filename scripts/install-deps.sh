@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs what building rapid-chat needs beyond Rust: cmake and libclang (llama.cpp's build and
-# its bindings) and tmux (the end-to-end UI test). Debian/Ubuntu; does nothing when they are
-# already there.
+# Installs what building and running rapid-chat needs beyond Rust: cmake and libclang (llama.cpp's
+# build and its bindings), poppler's pdftotext (the first PDF reader: faster than the built-in
+# one, and it reads PDFs that crash it) and tmux (the end-to-end UI test). Debian/Ubuntu; does
+# nothing when they are already there.
 #
 #   scripts/install-deps.sh                     install what is missing
+#   scripts/install-deps.sh --missing           print the packages it would install, one a line
 #   scripts/install-deps.sh --has-libclang DIR… exit 0 if bindgen would find libclang in DIRs
 set -euo pipefail
 
@@ -48,10 +50,15 @@ if ! has_libclang "${dirs[@]}"; then
   missing+=(libclang-dev)
 fi
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
+if [ "${1:-}" = "--missing" ]; then
+  [ ${#missing[@]} -eq 0 ] || printf '%s\n' "${missing[@]}"
+  exit 0
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
-echo "Installing ${missing[*]} (needed to build llama.cpp and run the UI tests) ..."
+echo "Installing ${missing[*]} (needed to build llama.cpp, read PDFs and run the UI tests) ..."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 $sudo apt-get update -qq

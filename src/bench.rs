@@ -189,6 +189,11 @@ pub struct Run {
     /// Greedy only: the first token where the answer differs from AR's, with the target's
     /// margin there (`None`: identical).
     pub differs_from_ar_at: Option<(usize, f32)>,
+    /// AR's decoding time for the same question in the same repeat.
+    pub ar_decode_s: Option<f64>,
+    /// The floor (see [`floor_s`]): the most decoding time this answer may take against AR's;
+    /// None for AR itself, the drafter alone, or an answer whose text differs from AR's.
+    pub floor_s: Option<f64>,
     pub answer: String,
     pub stats: Stats,
     #[serde(skip)]
@@ -242,6 +247,8 @@ pub fn run(
                     ttft_s: out.stats.ttft_s,
                     correct,
                     differs_from_ar_at: None,
+                    ar_decode_s: None,
+                    floor_s: None,
                     answer: out.text,
                     ids: out.tokens.iter().map(|t| t.id).collect(),
                     margins: out.tokens.iter().map(|t| t.margin).collect(),
@@ -265,11 +272,23 @@ pub fn run(
                     if greedy && r.mode != Mode::Rag && r.mode != Mode::Ar {
                         r.differs_from_ar_at = first_difference(&ar, r);
                     }
+                    r.ar_decode_s = Some(ar.stats.decode_s);
+                    let same_text = r.differs_from_ar_at.is_none() && r.answer == ar.answer;
+                    if r.mode != Mode::Ar && r.mode != Mode::Rag && same_text {
+                        r.floor_s = Some(floor_s(ar.stats.decode_s, ar.stats.plain_step_s));
+                    }
                 }
             }
         }
     }
     Ok(runs)
+}
+
+/// The floor of an answer against AR's to the same question: at most the larger of 1.05 times
+/// AR's decoding time and AR's plus 8 plain steps (a short answer may spend a few steps trying a
+/// draft; a long one may not lose more than 5%).
+pub fn floor_s(ar_decode_s: f64, plain_step_s: f64) -> f64 {
+    (1.05 * ar_decode_s).max(ar_decode_s + 8.0 * plain_step_s)
 }
 
 /// Where two greedy answers first differ, with the smaller of the two target margins there.
@@ -317,6 +336,21 @@ pub struct Summary {
     pub speedup_worst_question: Option<f64>,
     /// The same with `speedup_same_step`.
     pub speedup_same_step_worst_question: Option<f64>,
+    /// Time-weighted over the question set: the sum of AR's decoding times over the sum of this
+    /// mode's, over the runs paired with an AR run (what a user waits for in total).
+    pub speedup_total: Option<f64>,
+    /// Answers within the floor, of those whose text equals AR's (see [`floor_s`]).
+    pub floor_held: Option<(usize, usize)>,
+    /// The largest share of its floor an answer used (above 1: the floor broke).
+    pub floor_worst: Option<f64>,
+    /// The floor per question, over the repeats, with the machine's drift between the paired
+    /// runs taken out (as `speedup_same_step`: this run's decoding time at AR's median plain step):
+    /// the median of that within the median floor, of the questions judged. On a busy machine
+    /// two runs of the same plain steps differ by half; this keeps what the policy did.
+    pub floor_held_questions: Option<(usize, usize)>,
+    /// Answers whose text differs from AR's (batch rounding at a near tie), counted apart
+    /// from the floor.
+    pub differs_from_ar: usize,
     pub acceptance: f64,
     pub mean_accepted_len: f64,
     pub cold_prefill_s_median: f64,
@@ -363,6 +397,34 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
                 speedup_min: speedups.iter().copied().reduce(f64::min),
                 speedup_worst_question: worst_question(&rs, |r| r.speedup),
                 speedup_same_step_worst_question: worst_question(&rs, |r| r.speedup_same_step),
+                speedup_total: {
+                    let paired: Vec<&&Run> =
+                        rs.iter().filter(|r| r.ar_decode_s.is_some()).collect();
+                    let ar: f64 = paired.iter().filter_map(|r| r.ar_decode_s).sum();
+                    let own: f64 = paired.iter().map(|r| r.stats.decode_s).sum();
+                    (own > 0.0 && !paired.is_empty()).then(|| ar / own)
+                },
+                floor_held: {
+                    let judged: Vec<bool> = rs
+                        .iter()
+                        .filter_map(|r| r.floor_s.map(|f| r.stats.decode_s <= f))
+                        .collect();
+                    (!judged.is_empty())
+                        .then(|| (judged.iter().filter(|&&h| h).count(), judged.len()))
+                },
+                floor_worst: rs
+                    .iter()
+                    .filter_map(|r| r.floor_s.map(|f| r.stats.decode_s / f))
+                    .reduce(f64::max),
+                floor_held_questions: {
+                    let own = per_question(&rs, |r| r.floor_s.map(|_| same_step_decode_s(r)));
+                    let floors = per_question(&rs, |r| r.floor_s);
+                    (!own.is_empty()).then(|| {
+                        let held = own.iter().zip(&floors).filter(|(t, f)| t <= f).count();
+                        (held, own.len())
+                    })
+                },
+                differs_from_ar: rs.iter().filter(|r| r.differs_from_ar_at.is_some()).count(),
                 acceptance: if drafted > 0.0 {
                     sum(&|s| s.accepted as f64) / drafted
                 } else {
@@ -399,6 +461,15 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
         .collect()
 }
 
+/// A run's decoding time at the pace of AR's plain steps in the paired run: its own time, times
+/// AR's median plain step over its own (as measured; its own time where either is missing).
+fn same_step_decode_s(r: &Run) -> f64 {
+    match (r.speedup, r.speedup_same_step) {
+        (Some(s), Some(same)) if same > 0.0 => r.stats.decode_s * s / same,
+        _ => r.stats.decode_s,
+    }
+}
+
 /// Per question (task), the median of `speedup` over its repeats.
 fn per_question(runs: &[&Run], speedup: fn(&Run) -> Option<f64>) -> Vec<f64> {
     let mut by_question: Vec<((&str, &str), Vec<f64>)> = Vec::new();
@@ -424,21 +495,30 @@ fn worst_question(runs: &[&Run], speedup: fn(&Run) -> Option<f64>) -> Option<f64
 /// The summary as a Markdown table; `last_curve` is a verification cost curve to print under it.
 pub fn markdown(summaries: &[Summary], last_curve: Option<&[(usize, f64)]>) -> String {
     let mut out = String::from(
-        "| mode | tok/s (median) | vs AR (median) | vs AR (worst question) | vs AR (worst run) | \
-         acceptance | tokens/round | lookup share of drafts | ms/round draft + verify + other | \
-         TTFT s (warm) | correct | greedy = AR |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| mode | tok/s (median) | vs AR (time-weighted) | vs AR (median) | vs AR (worst question) \
+         | vs AR (worst run) | floor held | acceptance | tokens/round | lookup share of drafts | \
+         ms/round draft + verify + other | TTFT s (warm) | correct | greedy = AR |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let x = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}x"));
     let frac = |v: Option<(usize, usize)>| v.map_or("–".into(), |(a, b)| format!("{a}/{b}"));
     for s in summaries {
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {} | {} | {} | {} | {:.2} | {} | {:.1} + {:.1} + {:.2} | {:.2} | {} | {} |",
+            "| {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.1} + {:.1} + {:.2} | {:.2} | {} | {} |",
             s.mode,
             s.tok_s_median,
+            x(s.speedup_total),
             x(s.speedup_median),
             x(s.speedup_worst_question),
             x(s.speedup_min),
+            match (s.floor_held, s.floor_worst, s.floor_held_questions) {
+                (Some((a, b)), Some(w), Some((qa, qb))) => format!(
+                    "{a}/{b} answers (worst {:.0}% of it), {qa}/{qb} questions at AR's pace",
+                    w * 100.0
+                ),
+                _ => "–".into(),
+            },
             if s.acceptance > 0.0 {
                 format!("{:.2}", s.acceptance)
             } else {
@@ -469,6 +549,14 @@ pub fn markdown(summaries: &[Summary], last_curve: Option<&[(usize, f64)]>) -> S
         if let Some(t) = s.ms_plain_step {
             let _ = writeln!(out, "AR step (median): {t:.2} ms.");
         }
+    }
+    for s in summaries.iter().filter(|s| s.differs_from_ar > 0) {
+        let _ = writeln!(
+            out,
+            "{} answers of {} differ from AR's (llama.cpp's rounding of a batch at a near tie): \
+             not judged by the floor.",
+            s.differs_from_ar, s.mode
+        );
     }
     for s in summaries
         .iter()
@@ -582,6 +670,8 @@ mod tests {
             ttft_s: 0.0,
             correct: None,
             differs_from_ar_at: None,
+            ar_decode_s: None,
+            floor_s: None,
             answer: String::new(),
             stats: Stats::default(),
             ids: Vec::new(),
@@ -605,11 +695,68 @@ mod tests {
         assert!((s.speedup_median.unwrap() - 1.065).abs() < 1e-12);
         assert_eq!(s.speedup_same_step_worst_question, s.speedup_worst_question);
         let table = markdown(&summaries, None);
-        assert!(table.contains("| 1.03x | 0.90x |"), "{table}");
+        assert!(table.contains("| 1.03x | 0.90x | – |"), "{table}");
         assert!(
             table.contains("AR's, median over repeats): 1.03x."),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_floor_and_the_time_weighted_speed_up_are_over_paired_answers() {
+        // 13 tokens of 10 ms: 8 plain steps (80 ms) are more than 5% (6.5 ms).
+        assert!((floor_s(0.13, 0.01) - 0.21).abs() < 1e-12);
+        // 500 tokens: 5%.
+        assert!((floor_s(5.0, 0.01) - 5.25).abs() < 1e-12);
+        let run = |q: &str, mode: Mode, decode_s: f64, ar: f64| Run {
+            task: "demo".into(),
+            question: q.into(),
+            mode,
+            repeat: 0,
+            tok_s: 1.0 / decode_s,
+            speedup: Some(ar / decode_s),
+            speedup_same_step: None,
+            acceptance: 0.0,
+            mean_accepted_len: 1.0,
+            cold_prefill_s: 0.0,
+            prefill_s: 0.0,
+            ttft_s: 0.0,
+            correct: None,
+            differs_from_ar_at: None,
+            ar_decode_s: Some(ar),
+            floor_s: (mode == Mode::Rapid).then(|| floor_s(ar, 0.01)),
+            answer: String::new(),
+            stats: Stats {
+                decode_s,
+                ..Stats::default()
+            },
+            ids: Vec::new(),
+            margins: Vec::new(),
+        };
+        let runs = [
+            run("short", Mode::Ar, 0.13, 0.13),
+            run("short", Mode::Rapid, 0.20, 0.13),
+            run("long", Mode::Ar, 5.0, 5.0),
+            run("long", Mode::Rapid, 2.5, 5.0),
+        ];
+        let s = &summarize(&runs, &[Mode::Ar, Mode::Rapid])[1];
+        // (0.13 + 5.0) / (0.20 + 2.5): the long answer weighs by its time.
+        assert!((s.speedup_total.unwrap() - 5.13 / 2.7).abs() < 1e-12);
+        assert_eq!(s.floor_held, Some((2, 2)));
+        assert_eq!(s.floor_held_questions, Some((2, 2)));
+        assert!((s.floor_worst.unwrap() - 0.20 / 0.21).abs() < 1e-12);
+        let broke = [run("short", Mode::Rapid, 0.25, 0.13)];
+        let s = &summarize(&broke, &[Mode::Rapid])[0];
+        assert_eq!(s.floor_held, Some((0, 1)));
+        // Over repeats, the median decides: one slowed answer of three does not.
+        let repeats = [
+            run("short", Mode::Rapid, 0.25, 0.13),
+            run("short", Mode::Rapid, 0.14, 0.13),
+            run("short", Mode::Rapid, 0.15, 0.14),
+        ];
+        let s = &summarize(&repeats, &[Mode::Rapid])[0];
+        assert_eq!(s.floor_held, Some((2, 3)));
+        assert_eq!(s.floor_held_questions, Some((1, 1)));
     }
 
     #[test]

@@ -138,8 +138,13 @@ pub struct CorpusConfig {
     pub extra_extensions: Vec<String>,
     /// Files larger than this many MiB are skipped.
     pub max_file_mib: u64,
-    /// A PDF whose text takes longer than this to extract is skipped.
+    /// A PDF whose text takes longer than this to extract (with each reader) is skipped.
     pub pdf_timeout_s: u64,
+    /// The PDF readers, first choice first: "pdftotext" (poppler's, used when installed) and
+    /// "pdf-extract" (built in). The next is tried where one fails or finds almost no text.
+    pub pdf_readers: Vec<String>,
+    /// Files read at once while indexing (0: one per core).
+    pub jobs: usize,
 }
 
 impl Default for CorpusConfig {
@@ -151,6 +156,8 @@ impl Default for CorpusConfig {
                 .to_vec(),
             max_file_mib: 64,
             pdf_timeout_s: 60,
+            pdf_readers: ["pdftotext", "pdf-extract"].map(String::from).to_vec(),
+            jobs: 0,
         }
     }
 }
@@ -446,7 +453,8 @@ engine_settings! {
     /// Layers offloaded to the GPU when llama.cpp has one (-1 = all).
     #[arg(allow_hyphen_values = true)]
     gpu_layers: i32 = -1,
-    /// CPU threads for llama.cpp (0 = the number of cores).
+    /// CPU threads for llama.cpp (0 = the cores that other programs leave free when the engine
+    /// starts: a thread sharing a core with a busy program holds up the others).
     threads: u32 = 0,
 }
 
@@ -535,7 +543,7 @@ impl Config {
     /// Checks the values serde cannot: ranges and names.
     pub fn validate(&self) -> Result<()> {
         let c = &self.corpus;
-        let checks: [(bool, &str); 3] = [
+        let checks: [(bool, &str); 4] = [
             (
                 c.chunk_tokens >= 16,
                 "corpus.chunk_tokens must be at least 16",
@@ -547,6 +555,13 @@ impl Config {
             (
                 c.pdf_timeout_s >= 1,
                 "corpus.pdf_timeout_s must be at least 1",
+            ),
+            (
+                !c.pdf_readers.is_empty()
+                    && c.pdf_readers
+                        .iter()
+                        .all(|r| r == "pdftotext" || r == "pdf-extract"),
+                "corpus.pdf_readers: name \"pdftotext\", \"pdf-extract\" or both, first choice first",
             ),
         ];
         for (ok, message) in checks {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::corpus::chunk::{chunk_pages, document_text};
-use crate::corpus::extract::{self, Kind, Limits, Page};
+use crate::corpus::extract::{self, Kind, Limits, Page, PdfReader};
 use crate::speculative::{GenToken, TokenKind};
 
 /// A stand-in tokenizer: deterministic, grows with the text (words plus a token per 16 bytes).
@@ -113,8 +113,8 @@ pub fn markdown(data: &[u8]) {
     }
 }
 
-/// The PDF path as indexing runs it: in the worker process, under a time limit. Whatever the
-/// bytes, a result or a reason comes back in time, and the indexer never crashes.
+/// The PDF path as indexing runs it: each reader in a process of its own, under a time limit.
+/// Whatever the bytes, a result or a reason comes back in time, and the indexer never crashes.
 pub fn pdf(data: &[u8], worker: &Path) {
     let dir = tempfile::tempdir().expect("temporary folder");
     let path = dir.path().join("fuzz.pdf");
@@ -123,6 +123,11 @@ pub fn pdf(data: &[u8], worker: &Path) {
         max_bytes: 64 << 20,
         pdf_timeout: Duration::from_secs(5),
         pdf_worker: worker.to_path_buf(),
+        pdf: extract::find_pdftotext()
+            .map(PdfReader::Pdftotext)
+            .into_iter()
+            .chain([PdfReader::Builtin])
+            .collect(),
     };
     let started = Instant::now();
     match extract::extract(&path, Kind::Pdf, &limits) {
@@ -131,6 +136,6 @@ pub fn pdf(data: &[u8], worker: &Path) {
     }
     assert!(
         started.elapsed() < Duration::from_secs(15),
-        "the time limit held"
+        "the time limit held (5 s for each reader)"
     );
 }

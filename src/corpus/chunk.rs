@@ -34,34 +34,34 @@ pub fn document_text(pages: &[Page]) -> String {
 }
 
 /// Cuts `pages` into chunks of at most `target` tokens as counted by `count`.
+///
+/// Counting is most of an indexing pass's work, so text is counted about once: a page that may
+/// fit is counted whole; a larger one is cut, by an estimate of its tokens from its bytes (the
+/// ratio learned from this document's counts so far), into pieces at the coarsest boundaries, and
+/// the pieces are packed into chunks that are counted exactly, giving back a piece where the
+/// estimate was short.
 pub fn chunk_pages(pages: &[Page], target: usize, count: &dyn Fn(&str) -> usize) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     let mut offset = 0;
+    let mut counter = Counter {
+        count,
+        ratio: Ratio::default(),
+    };
     for page in pages {
-        let mut units = Vec::new();
-        split_to_fit(
-            &page.text,
-            trim(&page.text, 0..page.text.len()),
-            0,
-            target,
-            count,
-            &mut units,
-        );
-        for range in pack(&page.text, &units, target, count) {
+        let whole = trim(&page.text, 0..page.text.len());
+        for (range, tokens) in chunk_range(&page.text, whole, target, &mut counter) {
             // A long run without boundaries is halved untrimmed: a half may be only whitespace
             // (found by fuzzing: a run of vertical tabs).
             if page.text[range.clone()].trim().is_empty() {
                 continue;
             }
-            let text = page.text[range.clone()].to_owned();
-            let tokens = count(&text);
             chunks.push(Chunk {
                 page: page.number,
                 start: offset + range.start,
                 end: offset + range.end,
                 order: chunks.len(),
                 tokens,
-                text,
+                text: page.text[range].to_owned(),
             });
         }
         offset += page.text.len() + PAGE_SEPARATOR.len();
@@ -69,70 +69,172 @@ pub fn chunk_pages(pages: &[Page], target: usize, count: &dyn Fn(&str) -> usize)
     chunks
 }
 
-/// A range of text that fits in a chunk, with its token count.
-struct Unit {
-    range: Range<usize>,
-    tokens: usize,
+/// Tokens per byte of the document so far, from its exact counts (a prior of English text's
+/// ratio, worth one short page, until then).
+#[derive(Debug, Clone, Copy)]
+struct Ratio {
+    tokens: f64,
+    bytes: f64,
 }
 
-/// Splits `range` of `text` into units of at most `target` tokens, at the coarsest boundaries
-/// that make them fit.
-fn split_to_fit(
-    text: &str,
+impl Default for Ratio {
+    fn default() -> Self {
+        Self {
+            tokens: 300.0,
+            bytes: 1200.0,
+        }
+    }
+}
+
+impl Ratio {
+    fn estimate(&self, bytes: usize) -> f64 {
+        bytes as f64 * self.tokens / self.bytes
+    }
+}
+
+/// The exact count, which also teaches the ratio.
+struct Counter<'a> {
+    count: &'a dyn Fn(&str) -> usize,
+    ratio: Ratio,
+}
+
+impl Counter<'_> {
+    fn exact(&mut self, text: &str) -> usize {
+        let n = (self.count)(text);
+        self.ratio.tokens += n as f64;
+        self.ratio.bytes += text.len() as f64;
+        n
+    }
+}
+
+/// Packs are filled to this share of the target by the estimate: most then fit at the first
+/// count.
+const FILL: f64 = 1.0;
+
+/// The deepest level of boundaries: below it a run is halved.
+const HALVING: usize = 3;
+
+/// A range cut at boundaries of `level` (0: the page; 1: paragraphs; 2: lines and sentences;
+/// 3: words; deeper: halves).
+#[derive(Debug, Clone)]
+struct Piece {
     range: Range<usize>,
     level: usize,
+}
+
+/// Chunks of `range` of `text`, each with its exact count.
+fn chunk_range(
+    text: &str,
+    range: Range<usize>,
     target: usize,
-    count: &dyn Fn(&str) -> usize,
-    out: &mut Vec<Unit>,
-) {
+    counter: &mut Counter<'_>,
+) -> Vec<(Range<usize>, usize)> {
     if range.is_empty() {
+        return Vec::new();
+    }
+    // Likely to fit whole (a page of prose usually does): one count decides.
+    if counter.ratio.estimate(range.len()) <= target as f64 * 1.2 {
+        let n = counter.exact(&text[range.clone()]);
+        if n <= target {
+            return vec![(range, n)];
+        }
+    }
+    let mut pieces = Vec::new();
+    split_estimated(
+        text,
+        Piece { range, level: 0 },
+        target,
+        &counter.ratio,
+        &mut pieces,
+    );
+    pack(text, pieces, target, counter)
+}
+
+/// Cuts `piece` at the coarsest boundaries below its level into pieces that each fit `target`
+/// by the estimate.
+fn split_estimated(text: &str, piece: Piece, target: usize, ratio: &Ratio, out: &mut Vec<Piece>) {
+    if piece.range.is_empty() {
         return;
     }
-    let tokens = count(&text[range.clone()]);
-    if tokens <= target {
-        out.push(Unit { range, tokens });
+    if piece.level > 0 && ratio.estimate(piece.range.len()) <= target as f64 * FILL {
+        out.push(piece);
         return;
     }
-    let parts = match level {
-        0 => split_at(text, range.clone(), is_paragraph_break),
-        1 => split_at(text, range.clone(), is_sentence_break),
-        2 => split_at(text, range.clone(), |t, i| {
-            t.as_bytes()[i].is_ascii_whitespace()
-        }),
-        _ => halve(text, range.clone()),
-    };
-    if parts.len() <= 1 {
-        split_to_fit(text, range, level + 1, target, count, out);
-    } else {
-        for part in parts {
-            split_to_fit(text, part, (level + 1).min(3), target, count, out);
+    for part in finer(text, &piece) {
+        split_estimated(text, part, target, ratio, out);
+    }
+}
+
+/// `piece` cut at the next level of boundaries that cuts it (a single character stays whole).
+fn finer(text: &str, piece: &Piece) -> Vec<Piece> {
+    let mut level = piece.level;
+    loop {
+        level += 1;
+        let range = piece.range.clone();
+        let parts = match level {
+            1 => split_at(text, range, is_paragraph_break),
+            2 => split_at(text, range, is_sentence_break),
+            3 => split_at(text, range, |t, i| t.as_bytes()[i].is_ascii_whitespace()),
+            _ => halve(text, range),
+        };
+        if parts.len() > 1 || level > HALVING {
+            return parts
+                .into_iter()
+                .map(|range| Piece {
+                    range,
+                    level: level.min(HALVING + 1),
+                })
+                .collect();
         }
     }
 }
 
-/// Joins consecutive units into chunks of at most `target` tokens.
+/// Joins consecutive pieces into chunks of at most `target` tokens: filled by the estimate,
+/// then counted; a chunk over the target gives back its last piece, and a single piece over it
+/// is cut finer.
 fn pack(
     text: &str,
-    units: &[Unit],
+    pieces: Vec<Piece>,
     target: usize,
-    count: &dyn Fn(&str) -> usize,
-) -> Vec<Range<usize>> {
+    counter: &mut Counter<'_>,
+) -> Vec<(Range<usize>, usize)> {
+    let mut queue: std::collections::VecDeque<Piece> = pieces.into();
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < units.len() {
-        let mut j = i + 1;
-        let mut estimate = units[i].tokens;
-        while j < units.len() && estimate + 1 + units[j].tokens <= target {
-            estimate += 1 + units[j].tokens;
+    while let Some(first) = queue.front() {
+        let start = first.range.start;
+        let mut j = 1;
+        while j < queue.len()
+            && counter.ratio.estimate(queue[j].range.end - start) <= target as f64 * FILL
+        {
             j += 1;
         }
-        // The estimate is close but not exact (merges across the joins): check, and give back
-        // units until the real count fits. A single unit always fits.
-        while j > i + 1 && count(&text[units[i].range.start..units[j - 1].range.end]) > target {
-            j -= 1;
+        loop {
+            let range = start..queue[j - 1].range.end;
+            let n = counter.exact(&text[range.clone()]);
+            if n <= target {
+                out.push((range, n));
+                queue.drain(..j);
+                break;
+            }
+            if j > 1 {
+                j -= 1;
+                continue;
+            }
+            let Some(piece) = queue.pop_front() else {
+                break;
+            };
+            let parts = finer(text, &piece);
+            if parts.len() <= 1 {
+                // One character over the target: only a target below a character's tokens
+                // does this; it goes as it is.
+                out.push((piece.range, n));
+                break;
+            }
+            for part in parts.into_iter().rev() {
+                queue.push_front(part);
+            }
+            break;
         }
-        out.push(units[i].range.start..units[j - 1].range.end);
-        i = j;
     }
     out
 }

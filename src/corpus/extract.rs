@@ -53,13 +53,64 @@ pub fn kind_of(path: &Path, text_extensions: &[String]) -> Option<Kind> {
     }
 }
 
+/// A way to read a PDF's text, tried in the order of [`Limits::pdf`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PdfReader {
+    /// poppler's `pdftotext` at this path (installed by the set-up; the faster and more complete
+    /// of the two on real folders).
+    Pdftotext(std::path::PathBuf),
+    /// pdf-extract, built in, run as `rapid-chat extract-pdf IN OUT` in a child process.
+    Builtin,
+}
+
+impl PdfReader {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pdftotext(_) => "pdftotext",
+            Self::Builtin => "pdf-extract",
+        }
+    }
+}
+
 /// Limits applied to every file.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_bytes: u64,
     pub pdf_timeout: Duration,
-    /// The `rapid-chat` executable, run as `rapid-chat extract-pdf IN OUT` for each PDF.
+    /// The `rapid-chat` executable, run as `rapid-chat extract-pdf IN OUT` for the built-in reader.
     pub pdf_worker: std::path::PathBuf,
+    /// The PDF readers, first choice first: the next is tried where one fails or finds almost no
+    /// text.
+    pub pdf: Vec<PdfReader>,
+}
+
+impl Limits {
+    /// The limits of `config`, with pdftotext first when it is installed (see
+    /// [`find_pdftotext`]).
+    pub fn of(corpus: &crate::config::CorpusConfig, pdf_worker: std::path::PathBuf) -> Self {
+        let pdf = corpus
+            .pdf_readers
+            .iter()
+            .filter_map(|name| match name.as_str() {
+                "pdftotext" => find_pdftotext().map(PdfReader::Pdftotext),
+                _ => Some(PdfReader::Builtin),
+            })
+            .collect();
+        Self {
+            max_bytes: corpus.max_file_mib << 20,
+            pdf_timeout: Duration::from_secs(corpus.pdf_timeout_s),
+            pdf_worker,
+            pdf,
+        }
+    }
+}
+
+/// poppler's `pdftotext` on PATH, if it is there.
+pub fn find_pdftotext() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("pdftotext"))
+        .find(|p| p.is_file())
 }
 
 /// Size and modification time, in nanoseconds since the epoch.
@@ -118,23 +169,8 @@ fn io_skip(e: &std::io::Error) -> Skip {
 /// Extracts the text of the file at `path`.
 pub fn extract(path: &Path, kind: Kind, limits: &Limits) -> Result<Extracted, Skip> {
     let (bytes, size, mtime_ns) = read_stable(path, limits.max_bytes)?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(skip("empty file"));
-    }
     let hash = content_hash(&bytes);
-    let (pages, warning) = match kind {
-        Kind::Text => {
-            let (text, warning) = decode_text(&bytes)?;
-            (vec![Page { number: None, text }], warning)
-        }
-        Kind::Pdf => (extract_pdf_contained(&bytes, limits)?, None),
-    };
-    if pages.iter().all(|p| p.text.trim().is_empty()) {
-        return Err(skip(match kind {
-            Kind::Pdf => "the PDF has no extractable text (scanned images need OCR first)",
-            Kind::Text => "empty file",
-        }));
-    }
+    let (pages, warning) = extract_bytes(&bytes, kind, limits)?;
     Ok(Extracted {
         pages,
         hash,
@@ -142,6 +178,32 @@ pub fn extract(path: &Path, kind: Kind, limits: &Limits) -> Result<Extracted, Sk
         mtime_ns,
         warning,
     })
+}
+
+/// The pages of a file's `bytes` (already read and hashed), normalised for search where they
+/// come from a PDF, and a caveat for the user if there is one.
+pub fn extract_bytes(
+    bytes: &[u8],
+    kind: Kind,
+    limits: &Limits,
+) -> Result<(Vec<Page>, Option<String>), Skip> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(skip("empty file"));
+    }
+    match kind {
+        Kind::Text => {
+            let (text, warning) = decode_text(bytes)?;
+            if text.trim().is_empty() {
+                return Err(skip("empty file"));
+            }
+            Ok((vec![Page { number: None, text }], warning))
+        }
+        Kind::Pdf => {
+            let mut pages = extract_pdf(bytes, limits)?;
+            super::normalize::normalize_pages(&mut pages);
+            Ok((pages, None))
+        }
+    }
 }
 
 /// sha256 of `bytes`, hex.
@@ -171,8 +233,34 @@ pub fn decode_text(bytes: &[u8]) -> Result<(String, Option<String>), Skip> {
     }
 }
 
-/// Runs the PDF worker on `path` with a time limit and reads its pages back.
-fn extract_pdf_contained(bytes: &[u8], limits: &Limits) -> Result<Vec<Page>, Skip> {
+/// A reader's text must average this many non-blank characters a page to be taken without
+/// trying the next reader: less is a figure, a scan, or a reader that lost the text.
+const MIN_CHARS_PER_PAGE: usize = 16;
+
+/// What one reader made of a PDF.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct PdfText {
+    pages: Vec<String>,
+    /// Images in the file, where the reader counted them.
+    images: Option<usize>,
+}
+
+impl PdfText {
+    fn chars(&self) -> usize {
+        self.pages
+            .iter()
+            .map(|p| p.chars().filter(|c| !c.is_whitespace()).count())
+            .sum()
+    }
+
+    fn enough(&self) -> bool {
+        self.chars() >= MIN_CHARS_PER_PAGE * self.pages.len().max(1)
+    }
+}
+
+/// The pages of a PDF: each reader of `limits.pdf` in turn until one finds the text; where none
+/// does, the one that found the most, or the reason none could read it.
+pub fn extract_pdf(bytes: &[u8], limits: &Limits) -> Result<Vec<Page>, Skip> {
     if !bytes.starts_with(b"%PDF")
         && !bytes[..bytes.len().min(1024)]
             .windows(4)
@@ -180,24 +268,184 @@ fn extract_pdf_contained(bytes: &[u8], limits: &Limits) -> Result<Vec<Page>, Ski
     {
         return Err(skip("not a PDF file (no %PDF header)"));
     }
+    if limits.pdf.is_empty() {
+        return Err(skip("no PDF reader configured (corpus.pdf_readers)"));
+    }
     let dir = tempfile::tempdir().map_err(|e| skip(format!("no temporary folder: {e}")))?;
     let input = dir.path().join("in.pdf");
-    let output = dir.path().join("out.json");
     std::fs::write(&input, bytes).map_err(|e| skip(format!("no temporary file: {e}")))?;
-    let mut child = Command::new(&limits.pdf_worker)
-        .arg("extract-pdf")
-        .arg(&input)
-        .arg(&output)
+    let mut failures: Vec<(&'static str, Failure)> = Vec::new();
+    let mut best: Option<PdfText> = None;
+    for reader in &limits.pdf {
+        let output = dir.path().join(format!("{}.out", reader.name()));
+        match read_pdf(reader, &input, &output, limits) {
+            Ok(text) if text.enough() => return Ok(pages_of(text)),
+            Ok(text) => {
+                tracing::debug!(reader = reader.name(), chars = text.chars(), "little text");
+                if best.as_ref().is_none_or(|b| text.chars() > b.chars()) {
+                    // Keep what a reader that found nothing knew of the images.
+                    let images = text.images.or(best.as_ref().and_then(|b| b.images));
+                    best = Some(PdfText { images, ..text });
+                } else if let Some(b) = best.as_mut() {
+                    b.images = b.images.or(text.images);
+                }
+            }
+            Err(f) => {
+                tracing::debug!(reader = reader.name(), reason = %f.message, "PDF reader failed");
+                failures.push((reader.name(), f));
+            }
+        }
+    }
+    match best {
+        Some(text) if text.chars() > 0 => Ok(pages_of(text)),
+        Some(text) => Err(skip(no_text_reason(&text))),
+        None => Err(skip(failure_reason(&failures))),
+    }
+}
+
+fn pages_of(text: PdfText) -> Vec<Page> {
+    text.pages
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| Page {
+            number: u32::try_from(i + 1).ok(),
+            text,
+        })
+        .collect()
+}
+
+/// Why a PDF without text is skipped: pages of images want OCR; pages without images are
+/// drawings (a figure, a diagram).
+fn no_text_reason(text: &PdfText) -> String {
+    let n = text.pages.len();
+    let (pages, hold) = if n == 1 {
+        ("its one page".to_owned(), "holds")
+    } else {
+        (format!("its {n} pages"), "hold")
+    };
+    match text.images {
+        Some(0) => format!("no text to index: {pages} {hold} drawings only (a figure)"),
+        Some(_) => format!(
+            "no text to index: {pages} {hold} images only (a scan?); run OCR on it first \
+             (e.g. ocrmypdf)"
+        ),
+        None => format!("no text to index on {pages} (a figure, or a scan that needs OCR)"),
+    }
+}
+
+/// A reader's failure: its message, and whether it ran out of time or crashed.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    timed_out: bool,
+    crashed: bool,
+}
+
+impl Failure {
+    fn plain(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            timed_out: false,
+            crashed: false,
+        }
+    }
+}
+
+/// The reason no reader could read a PDF, in one line: the readers' own errors.
+fn failure_reason(failures: &[(&str, Failure)]) -> String {
+    let each = failures
+        .iter()
+        .map(|(name, f)| format!("{name}: {}", f.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let lower = each.to_ascii_lowercase();
+    if lower.contains("encrypt") || lower.contains("password") {
+        format!("encrypted PDF (needs a password): {each}")
+    } else if failures.iter().all(|(_, f)| f.timed_out) {
+        format!("{each} (corpus.pdf_timeout_s)")
+    } else if failures.iter().any(|(_, f)| f.crashed) {
+        format!("the PDF parser crashed on this file: {each}")
+    } else {
+        format!("corrupt or unsupported PDF: {each}")
+    }
+}
+
+/// Runs one reader on `input` (its text goes through `output`).
+fn read_pdf(
+    reader: &PdfReader,
+    input: &Path,
+    output: &Path,
+    limits: &Limits,
+) -> Result<PdfText, Failure> {
+    let mut cmd = match reader {
+        PdfReader::Pdftotext(exe) => {
+            let mut c = Command::new(exe);
+            c.args(["-enc", "UTF-8", "-eol", "unix"])
+                .arg(input)
+                .arg(output);
+            c
+        }
+        PdfReader::Builtin => {
+            let mut c = Command::new(&limits.pdf_worker);
+            c.arg("extract-pdf").arg(input).arg(output);
+            c
+        }
+    };
+    let stderr = run_contained(&mut cmd, limits.pdf_timeout, reader.name())?;
+    let bytes = std::fs::read(output)
+        .map_err(|e| Failure::plain(format!("wrote no text ({e}){}", last_line(&stderr))))?;
+    match reader {
+        // One page per form feed, which also ends the last page.
+        PdfReader::Pdftotext(_) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let mut pages: Vec<String> = text.split('\x0c').map(str::to_owned).collect();
+            if pages.len() > 1 && pages.last().is_some_and(|p| p.trim().is_empty()) {
+                pages.pop();
+            }
+            Ok(PdfText {
+                pages,
+                images: None,
+            })
+        }
+        PdfReader::Builtin => serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::plain(format!("output unreadable: {e}"))),
+    }
+}
+
+/// `: ` and the last line of a program's messages, or nothing.
+fn last_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default()
+}
+
+/// Address space a PDF reader may use: a decompression bomb fails there, not on the machine.
+const PDF_READER_MAX_BYTES: u64 = 4 << 30;
+
+/// Runs `cmd` with a time and a memory limit; its stderr when it succeeds, else why not.
+fn run_contained(cmd: &mut Command, timeout: Duration, name: &str) -> Result<String, Failure> {
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            skip(format!(
-                "cannot start the PDF worker {}: {e}",
-                limits.pdf_worker.display()
-            ))
-        })?;
+        .map_err(|e| Failure::plain(format!("cannot start {name}: {e}")))?;
+    // Set from here, not between fork and exec: a `pre_exec` hook would make the standard
+    // library fork the whole process (its mapped model vocabulary included) instead of spawning.
+    let limit = libc::rlimit {
+        rlim_cur: PDF_READER_MAX_BYTES,
+        rlim_max: PDF_READER_MAX_BYTES,
+    };
+    let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
+    // SAFETY: prlimit reads `limit` and changes the limits of our own child only.
+    if unsafe { libc::prlimit(pid, libc::RLIMIT_AS, &limit, std::ptr::null_mut()) } != 0 {
+        tracing::debug!(reader = name, "cannot limit the PDF reader's memory");
+    }
+    let mut child = child;
     let mut stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
@@ -210,82 +458,103 @@ fn extract_pdf_contained(bytes: &[u8], limits: &Limits) -> Result<Vec<Page>, Ski
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > limits.pdf_timeout => {
+            Ok(None) if started.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(skip(format!(
-                    "PDF text extraction took longer than {} s (corpus.pdf_timeout_s)",
-                    limits.pdf_timeout.as_secs()
-                )));
+                return Err(Failure {
+                    message: format!("took longer than {} s", timeout.as_secs_f64().round()),
+                    timed_out: true,
+                    crashed: false,
+                });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(skip(format!("PDF worker failed: {e}"))),
+            Err(e) => return Err(Failure::plain(format!("failed: {e}"))),
         }
     };
     let stderr = reader.join().unwrap_or_default();
-    if !status.success() {
-        return Err(skip(pdf_failure_reason(&stderr)));
+    if status.success() {
+        return Ok(stderr);
     }
-    let json =
-        std::fs::read(&output).map_err(|e| skip(format!("PDF worker wrote nothing: {e}")))?;
-    let texts: Vec<String> = serde_json::from_slice(&json)
-        .map_err(|e| skip(format!("PDF worker output unreadable: {e}")))?;
-    Ok(texts
-        .into_iter()
-        .enumerate()
-        .map(|(i, text)| Page {
-            number: u32::try_from(i + 1).ok(),
-            text,
-        })
-        .collect())
-}
-
-/// Turns the worker's stderr into a reason a user understands.
-fn pdf_failure_reason(stderr: &str) -> String {
-    let last = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no message")
-        .trim();
-    let lower = stderr.to_ascii_lowercase();
-    if lower.contains("encrypt") || lower.contains("password") {
-        format!("encrypted PDF (needs a password): {last}")
-    } else if lower.contains("panicked") {
-        format!("the PDF parser crashed on this file: {last}")
-    } else {
-        format!("corrupt or unsupported PDF: {last}")
-    }
-}
-
-/// Address space the PDF worker may use: a decompression bomb fails there, not on the machine.
-const PDF_WORKER_MAX_BYTES: u64 = 4 << 30;
-
-/// The worker's side (`rapid-chat extract-pdf IN OUT`): extracts pages of IN, writes them to
-/// OUT as a JSON array of strings. Panics are reported on stderr and end the process non-zero;
-/// so does running out of its memory limit.
-pub fn pdf_worker_main(input: &Path, output: &Path) -> anyhow::Result<()> {
-    let limit = libc::rlimit {
-        rlim_cur: PDF_WORKER_MAX_BYTES,
-        rlim_max: PDF_WORKER_MAX_BYTES,
+    use std::os::unix::process::ExitStatusExt;
+    let panic = panicked_message(&stderr);
+    let crashed = panic.is_some() || stderr.contains("panicked") || status.signal().is_some();
+    let message = match (panic, status.signal()) {
+        (Some(m), _) => m,
+        (None, Some(sig)) => format!("killed by signal {sig}{}", last_line(&stderr)),
+        (None, None) => {
+            let line = last_line(&stderr);
+            line.strip_prefix(": ")
+                .map_or_else(|| format!("exited with {status}"), str::to_owned)
+        }
     };
-    // SAFETY: setrlimit reads the struct it is given and only changes this process's limits.
-    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
-        tracing::warn!("cannot limit the PDF worker's memory");
+    Err(Failure {
+        message,
+        timed_out: false,
+        crashed,
+    })
+}
+
+/// The message of a Rust panic in `stderr` (the line after "panicked at ...:"), if any.
+fn panicked_message(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines();
+    while let Some(l) = lines.next() {
+        if let Some(rest) = l.strip_prefix("panic: ") {
+            return Some(rest.trim().to_owned());
+        }
+        if l.contains("panicked at") {
+            // Rust prints "thread 'main' panicked at FILE:LINE:COL:" then the message.
+            return lines
+                .next()
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty() && !m.starts_with("note:"));
+        }
     }
+    None
+}
+
+/// The worker's side (`rapid-chat extract-pdf IN OUT`): reads IN's pages with pdf-extract and
+/// writes them to OUT as JSON `{"pages": [...], "images": N}`. A panic of the parser ends the
+/// process non-zero with one line on stderr, `panic: MESSAGE`.
+pub fn pdf_worker_main(input: &Path, output: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(input)?;
     let doc = lopdf::Document::load_mem(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let encrypted = doc.was_encrypted() || doc.trailer.has(b"Encrypt");
-    let pages = pdf_extract::extract_text_from_mem_by_pages(&bytes).map_err(|e| {
-        if encrypted {
-            anyhow::anyhow!("encrypted PDF: {e}")
-        } else {
-            anyhow::anyhow!("{e}")
-        }
-    })?;
+    let images = doc
+        .objects
+        .values()
+        .filter(|o| {
+            o.as_stream().is_ok_and(|s| {
+                s.dict
+                    .get(b"Subtype")
+                    .and_then(|t| t.as_name())
+                    .is_ok_and(|n| n == b"Image")
+            })
+        })
+        .count();
+    std::panic::set_hook(Box::new(|_| {}));
+    let pages = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(&bytes))
+        .map_err(|payload| {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "no message".into());
+            anyhow::anyhow!("panic: {}", message.lines().next().unwrap_or_default())
+        })?
+        .map_err(|e| {
+            if encrypted {
+                anyhow::anyhow!("encrypted PDF: {e}")
+            } else {
+                anyhow::anyhow!("{e}")
+            }
+        })?;
     if encrypted && pages.iter().all(|p| p.trim().is_empty()) {
         anyhow::bail!("encrypted PDF: no text could be decrypted without a password");
     }
-    std::fs::write(output, serde_json::to_vec(&pages)?)?;
+    let text = PdfText {
+        pages,
+        images: Some(images),
+    };
+    std::fs::write(output, serde_json::to_vec(&text)?)?;
     Ok(())
 }

@@ -1,11 +1,9 @@
-//! The on-disk index of one corpus folder: tantivy (BM25 over chunk text, with snippets) plus the
-//! manifest, in `<cache>/indexes/<hash of the folder path>/`. [`Indexer`] keeps it current;
-//! [`CorpusIndex`] searches it and needs no lock, so it works beside a running indexer.
+//! The on-disk index of one corpus folder, read side: tantivy's schema and analyzer (BM25 over
+//! chunk text, with snippets), where the index lives (`<cache>/indexes/<hash of the folder
+//! path>/`), and [`CorpusIndex`], which searches it and needs no lock, so it works beside a
+//! running [`super::indexer::Indexer`].
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -20,23 +18,19 @@ use tantivy::tokenizer::{
     AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer,
     StopWordFilter, TextAnalyzer,
 };
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term, doc};
+use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument};
 
-use super::chunk::{Chunk, chunk_pages};
-use super::extract::{self, Kind, Limits, Skip};
-use super::manifest::{FileEntry, Manifest};
-use crate::config::CorpusConfig;
-use crate::llm::Tokenizer;
+use super::extract;
 
 #[derive(Clone, Copy)]
-struct Fields {
-    path: Field,
-    page: Field,
-    start: Field,
-    end: Field,
-    order: Field,
-    tokens: Field,
-    text: Field,
+pub(super) struct Fields {
+    pub(super) path: Field,
+    pub(super) page: Field,
+    pub(super) start: Field,
+    pub(super) end: Field,
+    pub(super) order: Field,
+    pub(super) tokens: Field,
+    pub(super) text: Field,
 }
 
 /// The analyzer of chunk text and queries: English, stemmed, without the words that carry no
@@ -51,7 +45,7 @@ const STOP_WORDS: &[&str] = &[
     "why", "will", "with", "would", "you", "your",
 ];
 
-fn register_analyzer(index: &Index) {
+pub(super) fn register_analyzer(index: &Index) {
     let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(RemoveLongFilter::limit(40))
         .filter(LowerCaser)
@@ -64,7 +58,7 @@ fn register_analyzer(index: &Index) {
     index.tokenizers().register(ANALYZER, analyzer);
 }
 
-fn schema() -> (Schema, Fields) {
+pub(super) fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let text_options = TextOptions::default().set_stored().set_indexing_options(
         TextFieldIndexing::default()
@@ -146,7 +140,7 @@ impl CorpusIndex {
         Self::from_index(index)
     }
 
-    fn from_index(index: Index) -> Result<Self> {
+    pub(super) fn from_index(index: Index) -> Result<Self> {
         register_analyzer(&index);
         let (_, fields) = schema();
         let reader = index
@@ -254,393 +248,4 @@ impl CorpusIndex {
         }
         Ok(hits)
     }
-}
-
-/// A file that was not indexed, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Skipped {
-    pub path: String,
-    pub reason: String,
-}
-
-/// What one pass of [`Indexer::update`] did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Report {
-    pub files_indexed: usize,
-    pub files_unchanged: usize,
-    pub files_removed: usize,
-    /// Chunks in the index after the pass.
-    pub chunks: u64,
-    pub files_skipped: Vec<Skipped>,
-    /// Files indexed with a caveat (e.g. decoded as Latin-1).
-    pub warnings: Vec<Skipped>,
-    /// Relative paths indexed (new or changed) and removed in this pass.
-    #[serde(skip)]
-    pub indexed: Vec<String>,
-    #[serde(skip)]
-    pub removed: Vec<String>,
-    /// Bytes of documents read and chunks made in this pass.
-    #[serde(skip)]
-    pub bytes_read: u64,
-    #[serde(skip)]
-    pub chunks_made: usize,
-}
-
-/// Progress of a pass: `done` of `total` files considered, the current one.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    pub done: usize,
-    pub total: usize,
-    pub path: String,
-}
-
-/// Keeps the index of one folder current. Holds tantivy's writer lock while alive: a second
-/// indexer on the same folder, in this process or another, fails with a clear error.
-pub struct Indexer {
-    root: PathBuf,
-    dir: PathBuf,
-    index: Index,
-    writer: IndexWriter,
-    fields: Fields,
-    manifest: Manifest,
-    tokenizer: Arc<Tokenizer>,
-    chunk_tokens: usize,
-    text_extensions: Vec<String>,
-    limits: Limits,
-}
-
-impl Indexer {
-    /// Opens (or creates, or rebuilds when its format or settings changed) the index of `folder`.
-    pub fn open(
-        indexes_dir: &Path,
-        folder: &Path,
-        tokenizer: Arc<Tokenizer>,
-        config: &crate::config::Config,
-        pdf_worker: PathBuf,
-    ) -> Result<Self> {
-        let root = corpus_root(folder)?;
-        let dir = index_dir(indexes_dir, &root);
-        let tantivy_dir = dir.join("tantivy");
-        let corpus: &CorpusConfig = &config.corpus;
-        let fingerprint = tokenizer.fingerprint();
-        let manifest = Manifest::load(&dir.join("manifest.json"))
-            .filter(|m| m.compatible(&fingerprint, corpus.chunk_tokens));
-        let (schema, fields) = schema();
-        let (index, manifest) = match (manifest, Index::open_in_dir(&tantivy_dir)) {
-            (Some(manifest), Ok(index)) if index.schema() == schema => (index, manifest),
-            _ => {
-                tracing::info!(folder = %root.display(), "building a new index");
-                if tantivy_dir.exists() {
-                    // Another instance may be writing to it: never delete a locked index.
-                    let lock = tantivy_dir.join(".tantivy-writer.lock");
-                    if lock.exists() && try_lock(&lock)? {
-                        return Err(IndexHeld(root).into());
-                    }
-                    std::fs::remove_dir_all(&tantivy_dir).with_context(|| {
-                        format!("cannot remove the old index {}", tantivy_dir.display())
-                    })?;
-                }
-                std::fs::create_dir_all(&tantivy_dir).with_context(|| {
-                    format!("cannot create the index folder {}", tantivy_dir.display())
-                })?;
-                std::fs::write(dir.join("folder.txt"), root.to_string_lossy().as_bytes())?;
-                // A new index holds nothing: so does its manifest, whatever the old one said.
-                let index = Index::create_in_dir(&tantivy_dir, schema)?;
-                (index, Manifest::new(&fingerprint, corpus.chunk_tokens))
-            }
-        };
-        register_analyzer(&index);
-        let writer = index.writer(64 << 20).map_err(|e| match e {
-            tantivy::TantivyError::LockFailure(..) => IndexHeld(root.clone()).into(),
-            other => anyhow::Error::new(other).context("cannot open the index for writing"),
-        })?;
-        Ok(Self {
-            root,
-            dir,
-            index,
-            writer,
-            fields,
-            manifest,
-            tokenizer,
-            chunk_tokens: corpus.chunk_tokens,
-            text_extensions: config.text_extensions(),
-            limits: Limits {
-                max_bytes: corpus.max_file_mib << 20,
-                pdf_timeout: Duration::from_secs(corpus.pdf_timeout_s),
-                pdf_worker,
-            },
-        })
-    }
-
-    /// The corpus folder (absolute).
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// A searcher over this index (sees each commit after [`CorpusIndex::reload`]).
-    pub fn reader(&self) -> Result<CorpusIndex> {
-        CorpusIndex::from_index(self.index.clone())
-    }
-
-    /// What the index holds, by relative path.
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
-    }
-
-    /// Brings the index in line with the folder: new and changed files are (re-)extracted and
-    /// re-chunked, deleted ones dropped, unchanged ones not read at all.
-    pub fn update(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<Report> {
-        let (files, mut skipped) = walk(&self.root, &self.text_extensions);
-        let mut report = Report::default();
-        let seen: BTreeSet<&str> = files.iter().map(|(rel, _, _)| rel.as_str()).collect();
-        let gone: Vec<String> = self
-            .manifest
-            .files
-            .keys()
-            .filter(|k| !seen.contains(String::as_str(k)))
-            .cloned()
-            .collect();
-        for rel in gone {
-            self.writer
-                .delete_term(Term::from_field_text(self.fields.path, &rel));
-            self.manifest.files.remove(&rel);
-            report.removed.push(rel);
-        }
-        let total = files.len();
-        let mut last_commit = std::time::Instant::now();
-        for (i, (rel, path, kind)) in files.iter().enumerate() {
-            progress(&Progress {
-                done: i,
-                total,
-                path: rel.clone(),
-            });
-            // Commit now and then, so that searches see a long first pass as it goes.
-            if last_commit.elapsed() > Duration::from_secs(2) {
-                self.commit()?;
-                last_commit = std::time::Instant::now();
-            }
-            match self.update_file(rel, path, *kind, &mut report) {
-                Ok(()) => {}
-                Err(reason) => {
-                    tracing::warn!(path = %rel, reason = %reason, "skipped");
-                    // Stale chunks of a file that can no longer be read would answer for it,
-                    // and so would the part of a file whose chunks could not all be added.
-                    self.writer
-                        .delete_term(Term::from_field_text(self.fields.path, rel));
-                    if self.manifest.files.remove(rel).is_some() {
-                        report.removed.push(rel.clone());
-                    }
-                    skipped.push(Skipped {
-                        path: rel.clone(),
-                        reason: reason.0,
-                    });
-                }
-            }
-        }
-        progress(&Progress {
-            done: total,
-            total,
-            path: String::new(),
-        });
-        self.commit()?;
-        for s in &skipped {
-            if !files.iter().any(|(rel, _, _)| rel == &s.path) {
-                tracing::warn!(path = %s.path, reason = %s.reason, "skipped");
-            }
-        }
-        report.files_removed = report.removed.len();
-        report.files_indexed = report.indexed.len();
-        report.files_skipped = skipped;
-        report.chunks = self.manifest.files.values().map(|f| f.chunks as u64).sum();
-        Ok(report)
-    }
-
-    /// Makes the index's changes durable, then the manifest that describes them.
-    fn commit(&mut self) -> Result<()> {
-        const WAY_OUT: &str = "is the disk full? Free some space and run again: what was indexed \
-                               before is kept";
-        self.writer
-            .commit()
-            .with_context(|| format!("cannot commit the index ({WAY_OUT})"))?;
-        self.manifest
-            .save(&self.dir.join("manifest.json"))
-            .with_context(|| format!("cannot save the index manifest ({WAY_OUT})"))
-    }
-
-    fn update_file(
-        &mut self,
-        rel: &str,
-        path: &Path,
-        kind: Kind,
-        report: &mut Report,
-    ) -> Result<(), Skip> {
-        if let Some(entry) = self.manifest.files.get(rel) {
-            let meta = std::fs::metadata(path).map_err(|e| Skip(format!("cannot read: {e}")))?;
-            if extract::stat(&meta) == (entry.size, entry.mtime_ns) {
-                report.files_unchanged += 1;
-                return Ok(());
-            }
-        }
-        let extracted = extract::extract(path, kind, &self.limits)?;
-        report.bytes_read += extracted.size;
-        if let Some(entry) = self.manifest.files.get_mut(rel)
-            && entry.hash == extracted.hash
-        {
-            // Touched, not changed.
-            entry.size = extracted.size;
-            entry.mtime_ns = extracted.mtime_ns;
-            report.files_unchanged += 1;
-            return Ok(());
-        }
-        if let Some(w) = &extracted.warning {
-            report.warnings.push(Skipped {
-                path: rel.to_owned(),
-                reason: w.clone(),
-            });
-        }
-        let tokenizer = Arc::clone(&self.tokenizer);
-        let chunks = chunk_pages(&extracted.pages, self.chunk_tokens, &|t| tokenizer.count(t));
-        self.writer
-            .delete_term(Term::from_field_text(self.fields.path, rel));
-        for c in &chunks {
-            self.add_chunk(rel, c)
-                .map_err(|e| Skip(format!("cannot index: {e}")))?;
-        }
-        report.chunks_made += chunks.len();
-        self.manifest.files.insert(
-            rel.to_owned(),
-            FileEntry {
-                size: extracted.size,
-                mtime_ns: extracted.mtime_ns,
-                hash: extracted.hash,
-                chunks: chunks.len(),
-            },
-        );
-        report.indexed.push(rel.to_owned());
-        Ok(())
-    }
-
-    fn add_chunk(&mut self, rel: &str, c: &Chunk) -> tantivy::Result<()> {
-        let f = self.fields;
-        self.writer.add_document(doc!(
-            f.path => rel,
-            f.page => u64::from(c.page.unwrap_or(0)),
-            f.start => c.start as u64,
-            f.end => c.end as u64,
-            f.order => c.order as u64,
-            f.tokens => c.tokens as u64,
-            f.text => c.text.as_str(),
-        ))?;
-        Ok(())
-    }
-}
-
-/// Another process (or another indexer in this one) is writing the folder's index. Callers
-/// that only need to read can fall back to [`CorpusIndex::open`].
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the index of {} is held by another running rapid-chat: close it, or wait for it to finish \
-     indexing",
-    .0.display()
-)]
-pub struct IndexHeld(pub PathBuf);
-
-impl IndexHeld {
-    /// Whether `e` is this error.
-    pub fn is(e: &anyhow::Error) -> bool {
-        e.downcast_ref::<Self>().is_some()
-    }
-}
-
-/// Whether another process holds tantivy's writer lock file (an advisory lock).
-fn try_lock(lock: &Path) -> Result<bool> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(lock)?;
-    match file.try_lock() {
-        Ok(()) => {
-            file.unlock()?;
-            Ok(false)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
-        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
-    }
-}
-
-/// Every indexable file under `root` as (relative path, path, kind), sorted, and the entries
-/// skipped on the way (symlinks out of the folder, loops, unreadable folders). Hidden folders
-/// and files are not entered.
-pub fn walk(
-    root: &Path,
-    text_extensions: &[String],
-) -> (Vec<(String, PathBuf, Kind)>, Vec<Skipped>) {
-    let mut files = Vec::new();
-    let mut skipped = Vec::new();
-    let rel_of = |p: &Path| {
-        p.strip_prefix(root)
-            .unwrap_or(p)
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/")
-    };
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
-    for entry in walker {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                let path = e.path().map(rel_of).unwrap_or_default();
-                skipped.push(Skipped {
-                    path,
-                    reason: format!("cannot read: {e}"),
-                });
-                continue;
-            }
-        };
-        let path = entry.path();
-        let Some(kind) = extract::kind_of(path, text_extensions) else {
-            continue;
-        };
-        let rel = rel_of(path);
-        let ft = entry.file_type();
-        if ft.is_symlink() {
-            match std::fs::canonicalize(path) {
-                Ok(target) if !target.starts_with(root) => {
-                    skipped.push(Skipped {
-                        path: rel,
-                        reason: "symlink to a file outside the folder (not followed)".into(),
-                    });
-                    continue;
-                }
-                Ok(target) if !target.is_file() => {
-                    skipped.push(Skipped {
-                        path: rel,
-                        reason: "symlink to something other than a file (not followed)".into(),
-                    });
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    skipped.push(Skipped {
-                        path: rel,
-                        reason: format!("broken or looping symlink: {e}"),
-                    });
-                    continue;
-                }
-            }
-        } else if !ft.is_file() {
-            skipped.push(Skipped {
-                path: rel,
-                reason: "not a regular file".into(),
-            });
-            continue;
-        }
-        files.push((rel, path.to_path_buf(), kind));
-    }
-    (files, skipped)
 }

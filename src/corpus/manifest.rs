@@ -1,5 +1,7 @@
 //! The manifest: what the index holds for each file (size, modification time, content hash,
-//! chunk count), and with which settings it was built. It makes re-indexing incremental.
+//! chunk count), the files it could not index and why, and with which settings it was built. It
+//! makes re-indexing incremental: a file whose size and time are as recorded is not read, and one
+//! whose bytes hash as recorded is not extracted again, indexed or skipped.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,8 +9,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// Bump when the index schema or the chunking changes: older indexes are rebuilt.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bump when the index schema, the extracted text or the chunking changes: older indexes are
+/// rebuilt. (2: PDF text normalised, pdftotext first.)
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -16,6 +19,15 @@ pub struct FileEntry {
     pub mtime_ns: u64,
     pub hash: String,
     pub chunks: usize,
+}
+
+/// A file that could not be indexed, as it was when it was tried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedEntry {
+    pub size: u64,
+    pub mtime_ns: u64,
+    pub hash: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +38,10 @@ pub struct Manifest {
     pub chunk_tokens: usize,
     /// By path relative to the corpus folder, with `/` separators.
     pub files: BTreeMap<String, FileEntry>,
+    /// Files read and not indexed (by the same paths), so that a pass does not try them again
+    /// until their bytes change.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, SkippedEntry>,
 }
 
 impl Manifest {
@@ -35,6 +51,7 @@ impl Manifest {
             tokenizer: tokenizer.to_owned(),
             chunk_tokens,
             files: BTreeMap::new(),
+            skipped: BTreeMap::new(),
         }
     }
 

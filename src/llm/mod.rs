@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod context;
+pub mod cores;
 pub mod fetch;
 pub mod kvcache;
 pub mod memory;

@@ -40,6 +40,9 @@ pub struct Entry {
     pub rounds: Vec<u64>,
     /// Files re-indexed while the answer was being written.
     pub index_changed: bool,
+    /// Asked before the folder was all indexed: how much of it was searchable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_index: Option<String>,
 }
 
 /// How an answer ended.

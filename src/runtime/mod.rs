@@ -14,14 +14,14 @@ use anyhow::{Context as _, Result};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::Config;
-use crate::corpus::index::IndexHeld;
-use crate::corpus::{CorpusIndex, Indexer, Progress, Report};
+use crate::corpus::indexer::IndexHeld;
+use crate::corpus::{CorpusIndex, Indexer, Report};
 use crate::llm::Tokenizer;
 use crate::paths::Dirs;
 use crate::session::Engine;
 
 pub use crate::corpus::watch::WatchEvent;
-pub use crate::corpus::{Hit, Skipped};
+pub use crate::corpus::{Hit, Progress, Skipped};
 pub use crate::session::{Answer, Source, Turn, View};
 pub use history::History;
 pub use worker::{EngineInfo, Reply, Request, Worker};
@@ -91,26 +91,31 @@ impl Corpus {
                 let started = std::time::Instant::now();
                 let report = indexer.update(&mut |p| {
                     let _ = tx.send(Update::IndexProgress {
-                        done: p.done,
-                        total: p.total,
+                        progress: p.clone(),
                         seconds: started.elapsed().as_secs_f64(),
                     });
                 });
-                match report {
+                let skipped = match report {
                     Ok(r) => {
                         let _ = tx.send(Update::IndexDone {
                             chunks: r.chunks,
                             skipped: r.files_skipped.len(),
                             indexed: r.files_indexed,
                         });
+                        r.files_skipped
                     }
                     Err(e) => {
                         let _ = tx.send(Update::Notice(format!("indexing failed: {e:#}")));
+                        Vec::new()
                     }
-                }
+                };
                 let (wtx, wrx) = crossbeam_channel::unbounded();
-                match crate::corpus::watch::Watcher::start(indexer, Duration::from_millis(500), wtx)
-                {
+                match crate::corpus::watch::Watcher::start(
+                    indexer,
+                    Duration::from_millis(500),
+                    &skipped,
+                    wtx,
+                ) {
                     Ok(_watcher) => {
                         for event in wrx {
                             if tx.send(Update::Watch(event)).is_err() {
@@ -135,10 +140,9 @@ impl Corpus {
 /// What the background threads other than the engine tell a front end.
 #[derive(Debug, Clone)]
 pub enum Update {
-    /// An indexing pass moved on: files done, of `total`, `seconds` after it began.
+    /// An indexing pass moved on, `seconds` after it began.
     IndexProgress {
-        done: usize,
-        total: usize,
+        progress: Progress,
         seconds: f64,
     },
     IndexDone {
@@ -258,29 +262,71 @@ impl Runtime {
     }
 }
 
-/// The folder's index, brought up to date first unless another instance holds it (then a note
-/// goes to `note` and the index is used as it is).
+/// The folder's index, brought up to date first unless `update` is false or another instance
+/// holds it. What the update did and cost, or why there was none, goes to `note` in one line.
 pub fn current_index(
     config: &Config,
     dirs: &Dirs,
     folder: &Path,
+    update: bool,
     progress: &mut dyn FnMut(&Progress),
     note: &mut dyn FnMut(String),
 ) -> Result<CorpusIndex> {
+    if !update {
+        let root = crate::corpus::index::corpus_root(folder)?;
+        let index = CorpusIndex::open(&dirs.indexes(), &root)?;
+        note(format!(
+            "index used as it is (--no-update): {} chunks",
+            index.num_chunks()
+        ));
+        return Ok(index);
+    }
     let pdf_worker = std::env::current_exe().context("cannot find the rapid-chat executable")?;
     let mut corpus = Corpus::open(config, dirs, folder, &pdf_worker)?;
     match corpus.update(progress)? {
-        Some(report) if !report.indexed.is_empty() => note(format!(
-            "(indexed {} new or changed files first)",
-            report.indexed.len()
-        )),
-        Some(_) => {}
+        Some(report) => note(report.summary()),
         None => note(format!(
             "note: {}; using the index as it is",
             corpus.held.as_deref().unwrap_or("the index is held")
         )),
     }
     Ok(corpus.index)
+}
+
+/// An indexing pass's progress in words: "56/280 files, 35.2/120.4 MB, 1.3 MB/s, 1 min 5 s
+/// left" (by bytes, as files differ a thousandfold in size), or by files where none need
+/// reading.
+pub fn index_gauge(p: &Progress, seconds: f64) -> String {
+    if p.bytes_total == 0 {
+        return gauge(p.files_done, p.files_total, "files", seconds);
+    }
+    let mb = |b: u64| b as f64 / 1e6;
+    let mut out = format!(
+        "{}/{} files, {:.1}/{:.1} MB",
+        p.files_done,
+        p.files_total,
+        mb(p.bytes_done),
+        mb(p.bytes_total)
+    );
+    if p.bytes_done > 0 && p.bytes_done < p.bytes_total && seconds > 0.0 {
+        let rate = p.bytes_done as f64 / seconds;
+        let left = ((p.bytes_total - p.bytes_done) as f64 / rate).ceil() as u64;
+        out.push_str(&format!(
+            ", {:.1} MB/s, {} left",
+            rate / 1e6,
+            duration(left)
+        ));
+    }
+    out
+}
+
+/// Whole seconds in words: "<1 s", "42 s", "3 min 5 s".
+fn duration(s: u64) -> String {
+    match s {
+        0 => "<1 s".to_string(),
+        s if s < 60 => format!("{s} s"),
+        s => format!("{} min {} s", s / 60, s % 60),
+    }
 }
 
 /// Long work in words for the user: "6144/6840 tokens, 120/s, 6 s left" (the rate and the time
@@ -292,18 +338,37 @@ pub fn gauge(done: usize, total: usize, unit: &str, seconds: f64) -> String {
     }
     let rate = done as f64 / seconds;
     let left = ((total - done) as f64 / rate).ceil() as u64;
-    let left = match left {
-        0 => "<1 s".to_string(),
-        s if s < 60 => format!("{s} s"),
-        s => format!("{} min {} s", s / 60, s % 60),
-    };
-    out.push_str(&format!(", {rate:.0}/s, {left} left"));
+    out.push_str(&format!(", {rate:.0}/s, {} left", duration(left)));
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::gauge;
+    use super::{Progress, gauge, index_gauge};
+
+    #[test]
+    fn an_index_gauge_goes_by_bytes() {
+        let p = Progress {
+            files_done: 56,
+            files_total: 280,
+            bytes_done: 30_000_000,
+            bytes_total: 120_000_000,
+            path: "r/R-exts.pdf".into(),
+        };
+        assert_eq!(
+            index_gauge(&p, 20.0),
+            "56/280 files, 30.0/120.0 MB, 1.5 MB/s, 1 min 0 s left"
+        );
+        let nothing_to_read = Progress {
+            bytes_total: 0,
+            bytes_done: 0,
+            ..p
+        };
+        assert_eq!(
+            index_gauge(&nothing_to_read, 1.0),
+            "56/280 files, 56/s, 4 s left"
+        );
+    }
 
     #[test]
     fn a_gauge_gives_the_rate_and_the_time_left_once_it_can() {

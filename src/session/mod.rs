@@ -165,8 +165,12 @@ impl Engine {
         let gpu = !devices.is_empty() && config.gpu_layers != 0;
         let threads = if config.threads > 0 {
             config.threads
-        } else {
+        } else if gpu {
             std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2))
+        } else {
+            let (threads, why) = crate::llm::cores::free_threads();
+            tracing::info!(threads, cores = %why, "CPU threads for llama.cpp");
+            threads
         };
         let sizes = choose_sizes(&models, config, None, 0)?;
         tracing::info!(sizes = %sizes.describe(), "context sizes");
@@ -250,6 +254,12 @@ impl Engine {
         if resize_target {
             tracing::info!(from = old, to = new, why = %sizes.target_bound, "resizing the target context");
             self.contexts.n_ctx = new;
+            // A new context takes the cores free now.
+            if settings.threads == 0 && !self.gpu {
+                let (threads, why) = crate::llm::cores::free_threads();
+                tracing::info!(threads, cores = %why, "CPU threads for llama.cpp");
+                self.contexts.threads = threads;
+            }
             // Until the new one exists the slot holds a placeholder: a failure retries next time.
             self.sizes.target = 256;
             replace(&mut self.target, self.models.target, self.contexts)?;

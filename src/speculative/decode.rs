@@ -691,9 +691,14 @@ fn calibrate(
     let passes = if target.on_gpu() { 2 } else { 1 };
     for pass in 0..passes {
         for &g in &sizes {
-            let t = timed_verification(target, &vec![pending; g])?;
-            if pass + 1 == passes {
-                policy.record_verify(g, t);
+            // The plain step is what every draft is judged against: timed three times, so that
+            // one burst of another program's work cannot set it.
+            let times = if g == 1 { 3 } else { 1 };
+            for _ in 0..times {
+                let t = timed_verification(target, &vec![pending; g])?;
+                if pass + 1 == passes {
+                    policy.record_verify(g, t);
+                }
             }
         }
     }

@@ -21,7 +21,7 @@ use super::keymap::{
     Action, HELP_CHAR, Key, Keymap, QUIT_CHAR, SOURCE_NEXT_CHAR, SOURCE_PREV_CHAR,
 };
 use crate::config::EngineConfig;
-use crate::runtime::{Reply, Turn, Update, WatchEvent};
+use crate::runtime::{Progress, Reply, Turn, Update, WatchEvent};
 pub use conversation::{AnswerStatus, Conversation, Entry, TurnState};
 use conversation::{ChatEvent, Refusal};
 use editor::{Editor, Recall};
@@ -29,12 +29,26 @@ use editor::{Editor, Recall};
 /// The corpus as the UI knows it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IndexStatus {
-    /// Files done, total, and seconds since the pass began, while it runs.
-    pub progress: Option<(usize, usize, f64)>,
+    /// The first pass's progress and the seconds since it began, while it runs.
+    pub progress: Option<(Progress, f64)>,
     pub chunks: u64,
     pub files_skipped: usize,
     /// The last thing that happened ("re-indexed notes.md").
     pub last_change: Option<String>,
+}
+
+impl IndexStatus {
+    /// While the first pass runs: how much of the folder a question can find, in words.
+    pub fn searchable(&self) -> Option<String> {
+        let (p, _) = self.progress.as_ref()?;
+        Some(format!(
+            "asked while indexing: {:.0}% of the folder is searchable so far ({} of {} files); \
+             the rest cannot inform this answer",
+            100.0 * p.fraction(),
+            p.files_done,
+            p.files_total
+        ))
+    }
 }
 
 /// Which part of the screen takes keys.
@@ -160,12 +174,8 @@ impl App {
                 }
                 self.chat(ChatEvent::Engine(reply))
             }
-            AppEvent::Corpus(Update::IndexProgress {
-                done,
-                total,
-                seconds,
-            }) => {
-                self.index.progress = Some((done, total, seconds));
+            AppEvent::Corpus(Update::IndexProgress { progress, seconds }) => {
+                self.index.progress = Some((progress, seconds));
                 vec![]
             }
             AppEvent::Corpus(Update::IndexDone {
@@ -398,6 +408,9 @@ impl App {
         };
         match self.conversation.handle(ask) {
             Ok(effects) => {
+                if let Some(entry) = self.conversation.entries.last_mut() {
+                    entry.partial_index = self.index.searchable();
+                }
                 self.editor.clear();
                 self.editor.remember(text);
                 self.scroll = 0;
@@ -526,6 +539,42 @@ mod tests {
             "no engine: refused with a reason"
         );
         assert!(app.notice.as_deref().is_some_and(|n| n.contains("stopped")));
+    }
+
+    #[test]
+    fn a_question_asked_while_indexing_says_how_much_of_the_folder_it_can_find() {
+        let mut app = app();
+        app.handle(AppEvent::Corpus(Update::IndexProgress {
+            progress: Progress {
+                files_done: 56,
+                files_total: 280,
+                bytes_done: 24_000_000,
+                bytes_total: 120_000_000,
+                path: "r/R-exts.pdf".into(),
+            },
+            seconds: 30.0,
+        }));
+        ask(&mut app, "early");
+        let note = app.conversation.entries[0].partial_index.clone();
+        assert_eq!(
+            note.as_deref(),
+            Some(
+                "asked while indexing: 20% of the folder is searchable so far (56 of 280 files); \
+                 the rest cannot inform this answer"
+            )
+        );
+        app.handle(AppEvent::Corpus(Update::IndexDone {
+            chunks: 900,
+            skipped: 0,
+            indexed: 280,
+        }));
+        engine(&mut app, finished(vec![], false));
+        ask(&mut app, "later");
+        assert_eq!(app.conversation.entries[1].partial_index, None);
+        assert!(
+            app.conversation.entries[0].partial_index.is_some(),
+            "the first answer keeps its note"
+        );
     }
 
     #[test]

@@ -125,8 +125,11 @@ fn event_loop(
     // that never fires.
     let mut engine_rx: Receiver<Reply> = runtime.replies.clone();
     let mut updates_rx: Receiver<Update> = runtime.updates.clone();
+    let mut redraw = true;
     loop {
-        terminal.draw(|f| ui::draw(f, app, theme))?;
+        if redraw {
+            terminal.draw(|f| ui::draw(f, app, theme))?;
+        }
         let first = select! {
             recv(input_rx) -> e => match e {
                 Ok(e) => Some(e),
@@ -155,6 +158,9 @@ fn event_loop(
         events.extend(input_rx.try_iter());
         events.extend(engine_rx.try_iter().map(AppEvent::Engine));
         events.extend(updates_rx.try_iter().map(AppEvent::Corpus));
+        // The tick redraws only what moves by itself (an answer's or the index's progress): an
+        // idle screen costs nothing.
+        redraw = !events.is_empty() || app.conversation.busy() || app.index.progress.is_some();
         for event in events {
             for effect in app.handle(event) {
                 match effect {

@@ -144,6 +144,13 @@ fn chat_lines(app: &App, theme: &Theme, width: usize) -> Vec<Line<'static>> {
             q_style,
             width,
         ));
+        if let Some(partial) = &e.partial_index {
+            lines.extend(markdown::plain(
+                &format!("⚠ {partial}"),
+                Style::default().fg(Color::Yellow),
+                width,
+            ));
+        }
         lines.extend(markdown::render(&e.tokens, palette, width));
         let turn = (i + 1 == entries.len()).then_some(&app.conversation.turn);
         if let Some(note) = entry_note(e, turn) {
@@ -521,18 +528,13 @@ fn speedup(app: &App) -> String {
 }
 
 fn draw_status(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    if let Some((done, total, seconds)) = app.index.progress {
-        let ratio = if total == 0 {
-            0.0
-        } else {
-            done as f64 / total as f64
-        };
+    if let Some((progress, seconds)) = &app.index.progress {
         let gauge = Gauge::default()
             .gauge_style(Style::default().fg(theme.accent))
-            .ratio(ratio.clamp(0.0, 1.0))
+            .ratio(progress.fraction().clamp(0.0, 1.0))
             .label(format!(
                 "indexing {}",
-                crate::runtime::gauge(done, total, "files", seconds)
+                crate::runtime::index_gauge(progress, *seconds)
             ));
         f.render_widget(gauge, area);
         return;

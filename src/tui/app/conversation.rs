@@ -49,6 +49,8 @@ pub struct Entry {
     pub rounds: Vec<u64>,
     /// Files re-indexed while this answer was being written.
     pub index_changed: bool,
+    /// Asked before the folder was all indexed: how much of it was searchable then.
+    pub partial_index: Option<String>,
     /// Answered in an earlier run (loaded with the saved conversation): its speed is not this
     /// run's.
     pub earlier: bool,
@@ -71,6 +73,7 @@ impl From<&history::Entry> for Entry {
             view: e.view.clone(),
             rounds: e.rounds.clone(),
             index_changed: e.index_changed,
+            partial_index: e.partial_index.clone(),
             earlier: true,
         }
     }
@@ -93,6 +96,7 @@ impl From<&Entry> for history::Entry {
             view: e.view.clone(),
             rounds: e.rounds.clone(),
             index_changed: e.index_changed,
+            partial_index: e.partial_index.clone(),
         }
     }
 }
@@ -110,6 +114,7 @@ impl Entry {
             view: None,
             rounds: Vec::new(),
             index_changed: false,
+            partial_index: None,
             earlier: false,
         }
     }
