@@ -122,7 +122,7 @@ pub fn pdf(data: &[u8], worker: &Path) {
     let limits = Limits {
         max_bytes: 64 << 20,
         pdf_timeout: Duration::from_secs(5),
-        pdf_worker: worker.to_path_buf(),
+        exe: worker.to_path_buf(),
         pdf: extract::find_pdftotext()
             .map(PdfReader::Pdftotext)
             .into_iter()

@@ -3,6 +3,7 @@
 //! files -> corpus -> index -> session -> speculative engine -> events -> UI.
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod corpus;
 pub mod fuzzing;

@@ -32,39 +32,58 @@ pub struct Trace {
     pub draft_prompt: Vec<i32>,
     /// The target's greedy answer.
     pub answer: Vec<i32>,
-    /// At each position `i` of the answer: the drafter's greedy continuation after its prompt and
-    /// `answer[..i]`, each token with the drafter's probability for it.
+    /// Every token the target produced, in order: the answer's, those of a turn marker it was
+    /// cut at, and (with `eog`) the end-of-generation token that ended it. Empty in traces
+    /// recorded before it was kept: then the answer, as if the answer ended by itself.
+    #[serde(default)]
+    pub produced: Vec<i32>,
+    #[serde(default)]
+    pub eog: bool,
+    /// The answer's token limit when it was recorded (None in older traces: the answer's length).
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    /// At each position `i` of what the target produced: the drafter's greedy continuation
+    /// after its prompt and the first `i` tokens, each token with the drafter's probability for
+    /// it.
     pub drafts: Vec<Vec<(i32, f32)>>,
 }
 
 /// A trace's ids as tokens, for a replay.
-struct Tokens {
+pub struct Tokens {
     draft_prompt: Vec<Token>,
     prompt: Vec<Token>,
-    answer: Vec<Token>,
+    produced: Vec<Token>,
     drafts: Vec<Vec<(Token, f32)>>,
+    eog: bool,
+    max_tokens: Option<usize>,
 }
 
 impl Tokens {
-    fn case(&self) -> Case<'_> {
+    pub fn case(&self) -> Case<'_> {
         Case {
             draft_prompt: &self.draft_prompt,
             prompt: &self.prompt,
-            answer: &self.answer,
+            answer: &self.produced,
             drafts: &self.drafts,
+            eog: self.eog,
+            max_tokens: self.max_tokens,
         }
     }
 }
 
-fn tokens(t: &Trace) -> Tokens {
+/// The trace's tokens, as a replay reads them.
+pub fn tokens(t: &Trace) -> Tokens {
     let toks = |v: &[i32]| v.iter().map(|&t| Token::new(t)).collect::<Vec<_>>();
+    let recorded_all = !t.produced.is_empty();
     Tokens {
         draft_prompt: toks(&t.draft_prompt),
         prompt: toks(&t.prompt),
-        answer: toks(&t.answer),
+        produced: toks(if recorded_all { &t.produced } else { &t.answer }),
         drafts: (t.drafts.iter())
             .map(|d| d.iter().map(|&(t, p)| (Token::new(t), p)).collect())
             .collect(),
+        eog: recorded_all && t.eog,
+        max_tokens: t.max_tokens,
     }
 }
 
@@ -88,19 +107,18 @@ pub fn record(
         ..settings.clone()
     };
     let answer = engine.run(prompts.clone(), &ar, &mut |_| Flow::Continue)?;
-    let tokens: Vec<Token> = answer
-        .output
-        .tokens
-        .iter()
-        .map(|t| Token::new(t.id))
-        .collect();
-    let drafts = engine.drafter_continuations(&prompts.draft, &tokens, max_draft)?;
+    let output = answer.output;
+    let produced: Vec<Token> = output.produced.iter().map(|&t| Token::new(t)).collect();
+    let drafts = engine.drafter_continuations(&prompts.draft, &produced, max_draft)?;
     let ids = |v: &[Token]| v.iter().map(|t| t.0).collect::<Vec<_>>();
     Ok(Trace {
         question: question.to_string(),
         prompt: ids(&prompts.target),
         draft_prompt: ids(&prompts.draft),
-        answer: ids(&tokens),
+        answer: output.tokens.iter().map(|t| t.id).collect(),
+        produced: output.produced,
+        eog: output.eog,
+        max_tokens: Some(settings.max_tokens),
         drafts: drafts
             .into_iter()
             .map(|c| c.into_iter().map(|(t, p)| (t.0, p)).collect())
@@ -261,11 +279,11 @@ pub fn project_all(
             let switch_s = if shaped { 0.0 } else { r.switch_s };
             replay::calibrated(&tc, r.gamma, r.lookup_max, switch_s)
         });
-        let (p, next) = if shaped {
-            replay::project_shaped(&tokens(t).case(), &tc, r, start)
-        } else {
-            replay::project(&tokens(t).case(), &tc, dc.as_ref(), r, start)
+        let costing = replay::Costing::Curves {
+            target: &tc,
+            drafter: dc.as_ref(),
         };
+        let (p, next) = replay::project(&tokens(t).case(), costing, r, start);
         costs = Some(next);
         let best = (!shaped).then(|| replay::best_speedup(&tokens(t).case(), &tc, dc.as_ref(), r));
         questions.push(Projected {

@@ -369,7 +369,7 @@ fn pdf_extraction_is_contained_in_time_and_crashes() {
     let mut limits = Limits {
         max_bytes: 64 << 20,
         pdf_timeout: Duration::from_millis(1),
-        pdf_worker: common::exe(),
+        exe: common::exe(),
         pdf: vec![PdfReader::Builtin],
     };
     let started = Instant::now();
@@ -393,12 +393,12 @@ fn pdf_extraction_is_contained_in_time_and_crashes() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    limits.pdf_worker = crasher;
+    limits.exe = crasher;
     limits.pdf_timeout = Duration::from_secs(10);
     let err = extract::extract(&pdf, Kind::Pdf, &limits).unwrap_err();
     assert!(err.0.contains("crashed"), "{err}");
 
-    limits.pdf_worker = common::exe();
+    limits.exe = common::exe();
     let doc = extract::extract(&pdf, Kind::Pdf, &limits).unwrap();
     assert_eq!(doc.pages.len(), 36);
 }

@@ -12,6 +12,7 @@ use rapid_chat::llm::context::sliding_window;
 use rapid_chat::llm::{Context, ContextSettings, Models, fetch};
 use rapid_chat::session::Engine;
 use rapid_chat::session::sizing::{Bound, CPU_MAX};
+use rapid_chat::speculative::adaptive::DraftSource;
 use rapid_chat::speculative::{Event, Flow, GenToken, Mode, TokenKind};
 
 /// One engine for the file: the model loads once, and tests take turns (2 cores).
@@ -891,7 +892,11 @@ fn a_trace_holds_the_greedy_answer_and_the_drafters_own_continuations() {
     let trace = rapid_chat::simulate::record(&mut engine, demo_index(), q, &s, 6).unwrap();
     let ar_ids: Vec<i32> = ar.output.tokens.iter().map(|t| t.id).collect();
     assert_eq!(trace.answer, ar_ids);
-    assert_eq!(trace.drafts.len(), trace.answer.len());
+    // What the target produced: the answer, then the turn marker it was cut at (or its end).
+    assert_eq!(trace.produced, ar.output.produced);
+    assert!(trace.produced.starts_with(&trace.answer));
+    assert_eq!(trace.max_tokens, Some(24));
+    assert_eq!(trace.drafts.len(), trace.produced.len());
     assert!(trace.drafts.iter().all(|d| d.len() == 6));
 
     // From scratch, in a context of its own: greedy steps after the prompt and answer[..i].
@@ -911,12 +916,12 @@ fn a_trace_holds_the_greedy_answer_and_the_drafters_own_continuations() {
             .collect::<Vec<_>>()
     };
     let mut reused = 0;
-    for i in 0..trace.answer.len() {
-        if i > 0 && trace.drafts[i - 1][0].0 == trace.answer[i - 1] {
+    for i in 0..trace.produced.len() {
+        if i > 0 && trace.drafts[i - 1][0].0 == trace.produced[i - 1] {
             reused += 1;
         }
         let mut seq = tok(&trace.draft_prompt);
-        seq.extend(tok(&trace.answer[..i]));
+        seq.extend(tok(&trace.produced[..i]));
         let mut greedy = Vec::new();
         for _ in 0..6 {
             fresh.sync(&seq, &mut |_, _| true).unwrap();
@@ -930,4 +935,86 @@ fn a_trace_holds_the_greedy_answer_and_the_drafters_own_continuations() {
         assert!(trace.drafts[i].iter().all(|d| d.1 > 0.0 && d.1 <= 1.0));
     }
     assert!(reused > 0, "the drafter agrees with the target somewhere");
+}
+
+/// One round driver for the live loop and the replay: the live loop answers on the real model,
+/// then the replay backend replays that answer (what the target produced, and the drafter's own
+/// continuations along it) with the costs the live loop measured round by round, from the costs
+/// it started with. They make the same choice in every round (source and draft length) and the
+/// target accepts the same drafts: `simulate` projects the policy that runs. Adaptive (the
+/// lookups of a repetitive answer) and not (the drafter drafting γ every round).
+#[test]
+fn the_replay_of_a_live_answer_makes_the_live_loops_choices_round_by_round() {
+    use rapid_chat::speculative::replay::{self, Case, Costing, Logged, Replaying, RoundCost};
+    let mut engine = engine();
+    let q = "What is the date of version 3 of the GNU General Public License?";
+    for adaptive in [true, false] {
+        let mut s = settings(Mode::Rapid, 4);
+        s.adaptive = adaptive;
+        // Run to the limit: a long answer repeats, and lookups draft.
+        s.ignore_eos = true;
+        s.max_tokens = 48;
+        // Calibrated by a first answer; the second one is replayed.
+        engine
+            .answer(demo_index(), q, &[], &s, &mut |_| Flow::Continue)
+            .unwrap();
+        let start = engine.costs().clone();
+        let prompts = engine.prepare(demo_index(), q, &[], &s).unwrap();
+        let (mut live, mut costs) = (Vec::new(), Vec::new());
+        let answer = engine
+            .run(prompts.clone(), &s, &mut |e| {
+                if let Event::Round {
+                    source,
+                    drafted,
+                    accepted,
+                    t_draft,
+                    t_draft_step,
+                    t_verify,
+                    ..
+                } = e
+                {
+                    live.push(Logged {
+                        source,
+                        drafted,
+                        accepted,
+                    });
+                    costs.push(RoundCost {
+                        t_draft,
+                        t_draft_step,
+                        t_verify,
+                    });
+                }
+                Flow::Continue
+            })
+            .unwrap();
+        let produced: Vec<_> = (answer.output.produced.iter())
+            .map(|&t| rapid_chat::llm::Token::new(t))
+            .collect();
+        let drafts = engine
+            .drafter_continuations(&prompts.draft, &produced, s.gamma)
+            .unwrap();
+        let case = Case {
+            draft_prompt: &prompts.draft,
+            prompt: &prompts.target,
+            answer: &produced,
+            drafts: &drafts,
+            eog: answer.output.eog,
+            max_tokens: Some(s.max_tokens),
+        };
+        let costing = Costing::Measured {
+            rounds: &costs,
+            hint: engine.draft_cost_hint(),
+        };
+        let mut replayed = Vec::new();
+        let (p, _) =
+            replay::project_logged(&case, costing, &Replaying::of(&s), start, &mut replayed);
+        assert_eq!(replayed, live, "adaptive {adaptive}: round by round");
+        assert_eq!(p.tokens, answer.output.tokens.len());
+        let drafted = |by: fn(&Logged) -> bool| live.iter().filter(|r| by(r)).count();
+        if adaptive {
+            assert!(drafted(|r| r.source == DraftSource::Lookup) > 0, "{live:?}");
+        } else {
+            assert!(drafted(|r| r.source == DraftSource::Model) > 0, "{live:?}");
+        }
+    }
 }

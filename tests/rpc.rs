@@ -290,7 +290,7 @@ fn the_chat_survives_a_lost_worker_and_answers_without_it() {
         folder: docs.path().to_path_buf(),
         config,
         dirs,
-        pdf_worker: common::exe(),
+        exe: common::exe(),
         new: true,
     })
     .unwrap();

@@ -75,6 +75,8 @@ fn finish(app: &mut App, tokens: Vec<GenToken>, stats: Stats) {
         rapid_chat::session::Answer {
             mode: rapid_chat::speculative::Mode::Rapid,
             output: rapid_chat::speculative::decode::Output {
+                produced: Vec::new(),
+                eog: false,
                 text: String::new(),
                 tokens,
                 end_margin: None,
@@ -157,6 +159,7 @@ fn streaming_app() -> App {
             drafted: 4,
             accepted,
             t_draft: std::time::Duration::from_millis(30),
+            t_draft_step: None,
             t_verify: std::time::Duration::from_millis(70),
             stats: Box::new(Stats {
                 generated_tokens: if last { 8 } else { 4 * (round + 1) },

@@ -78,7 +78,7 @@ pub struct Limits {
     pub max_bytes: u64,
     pub pdf_timeout: Duration,
     /// The `rapid-chat` executable, run as `rapid-chat extract-pdf IN OUT` for the built-in reader.
-    pub pdf_worker: std::path::PathBuf,
+    pub exe: std::path::PathBuf,
     /// The PDF readers, first choice first: the next is tried where one fails or finds almost no
     /// text.
     pub pdf: Vec<PdfReader>,
@@ -87,7 +87,7 @@ pub struct Limits {
 impl Limits {
     /// The limits of `config`, with pdftotext first when it is installed (see
     /// [`find_pdftotext`]).
-    pub fn of(corpus: &crate::config::CorpusConfig, pdf_worker: std::path::PathBuf) -> Self {
+    pub fn of(corpus: &crate::config::CorpusConfig, exe: std::path::PathBuf) -> Self {
         let pdf = corpus
             .pdf_readers
             .iter()
@@ -99,7 +99,7 @@ impl Limits {
         Self {
             max_bytes: corpus.max_file_mib << 20,
             pdf_timeout: Duration::from_secs(corpus.pdf_timeout_s),
-            pdf_worker,
+            exe,
             pdf,
         }
     }
@@ -200,7 +200,7 @@ pub fn extract_bytes(
         }
         Kind::Pdf => {
             let mut pages = extract_pdf(bytes, limits)?;
-            super::normalize::normalize_pages(&mut pages);
+            super::normalize::normalize_pages(pages.iter_mut().map(|p| &mut p.text));
             Ok((pages, None))
         }
     }
@@ -386,7 +386,7 @@ fn read_pdf(
             c
         }
         PdfReader::Builtin => {
-            let mut c = Command::new(&limits.pdf_worker);
+            let mut c = Command::new(&limits.exe);
             c.arg("extract-pdf").arg(input).arg(output);
             c
         }
@@ -515,7 +515,7 @@ fn panicked_message(stderr: &str) -> Option<String> {
 /// The worker's side (`rapid-chat extract-pdf IN OUT`): reads IN's pages with pdf-extract and
 /// writes them to OUT as JSON `{"pages": [...], "images": N}`. A panic of the parser ends the
 /// process non-zero with one line on stderr, `panic: MESSAGE`.
-pub fn pdf_worker_main(input: &Path, output: &Path) -> anyhow::Result<()> {
+pub fn extract_pdf_main(input: &Path, output: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(input)?;
     let doc = lopdf::Document::load_mem(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let encrypted = doc.was_encrypted() || doc.trailer.has(b"Encrypt");

@@ -17,16 +17,10 @@ use super::chunk::{Chunk, chunk_pages};
 use super::extract::{self, Kind, Limits, Skip};
 use super::index::{CorpusIndex, Fields, corpus_root, index_dir, register_analyzer, schema};
 use super::manifest::{FileEntry, Manifest, SkippedEntry};
+pub use super::walk::Skipped;
 use super::walk::walk;
 use crate::config::CorpusConfig;
 use crate::llm::Tokenizer;
-
-/// A file that was not indexed, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Skipped {
-    pub path: String,
-    pub reason: String,
-}
 
 /// What one pass of [`Indexer::update`] did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -148,7 +142,7 @@ impl Indexer {
         folder: &Path,
         tokenizer: Arc<Tokenizer>,
         config: &crate::config::Config,
-        pdf_worker: PathBuf,
+        exe: PathBuf,
     ) -> Result<Self> {
         let root = corpus_root(folder)?;
         let dir = index_dir(indexes_dir, &root);
@@ -186,7 +180,7 @@ impl Indexer {
             tantivy::TantivyError::LockFailure(..) => IndexHeld(root.clone()).into(),
             other => anyhow::Error::new(other).context("cannot open the index for writing"),
         })?;
-        let limits = Limits::of(corpus, pdf_worker);
+        let limits = Limits::of(corpus, exe);
         if !limits
             .pdf
             .iter()

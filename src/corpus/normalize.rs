@@ -11,8 +11,6 @@ use std::collections::HashMap;
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::compose;
 
-use super::extract::Page;
-
 /// The combining mark of a spacing accent that TeX-made PDFs set as a glyph of its own.
 fn combining(accent: char) -> Option<char> {
     Some(match accent {
@@ -106,11 +104,11 @@ fn nfkc(text: &str) -> String {
 /// the hyphenation check.
 type Words = HashMap<String, usize>;
 
-fn vocabulary(pages: &[Page]) -> Words {
+fn vocabulary(pages: &[&mut String]) -> Words {
     let mut words = Words::new();
     let mut lower = String::new();
     for p in pages {
-        for w in p.text.split(|c: char| !c.is_alphabetic() && c != '-') {
+        for w in p.split(|c: char| !c.is_alphabetic() && c != '-') {
             let w = w.trim_matches('-');
             if w.len() < 2 {
                 continue;
@@ -195,15 +193,16 @@ fn is_compound(hyphened: &str, words: &Words) -> bool {
 }
 
 /// Normalises the pages of one extracted PDF in place (see the module's doc).
-pub fn normalize_pages(pages: &mut [Page]) {
+pub fn normalize_pages<'a>(pages: impl IntoIterator<Item = &'a mut String>) {
+    let mut pages: Vec<&mut String> = pages.into_iter().collect();
     for p in pages.iter_mut() {
-        p.text = nfkc(&compose_accents(&p.text));
+        **p = nfkc(&compose_accents(p));
     }
     // (Most pages have no line-end hyphen: no vocabulary for them.)
-    if pages.iter().any(|p| p.text.contains("-\n")) {
-        let words = vocabulary(pages);
+    if pages.iter().any(|p| p.contains("-\n")) {
+        let words = vocabulary(&pages);
         for p in pages.iter_mut() {
-            p.text = join_hyphenated(&p.text, &words);
+            **p = join_hyphenated(p, &words);
         }
     }
 }
@@ -212,17 +211,10 @@ pub fn normalize_pages(pages: &mut [Page]) {
 mod tests {
     use super::*;
 
-    fn page(text: &str) -> Page {
-        Page {
-            number: Some(1),
-            text: text.into(),
-        }
-    }
-
     fn normalized(texts: &[&str]) -> Vec<String> {
-        let mut pages: Vec<Page> = texts.iter().map(|t| page(t)).collect();
-        normalize_pages(&mut pages);
-        pages.into_iter().map(|p| p.text).collect()
+        let mut pages: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+        normalize_pages(pages.iter_mut());
+        pages
     }
 
     #[test]

@@ -4,7 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use super::extract::{self, Kind};
-use super::indexer::Skipped;
+
+/// A file that was not indexed, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
 
 /// Every indexable file under `root` as (relative path, path, kind), sorted, and the entries
 /// skipped on the way (symlinks out of the folder, loops, unreadable folders). Hidden folders

@@ -75,10 +75,9 @@ impl Context {
             llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED
         } else if spec.flash_attention || sliding_window(model).is_some() {
             // On a CPU, flash attention skips the positions a mask hides, which the sliding
-            // window layers' full cache (`swa_full`) is mostly made of: Gemma 3 270M steps in 18
-            // ms instead of 27 at 4608 tokens, 21 instead of 34 at 8192, and reads 1.2-1.6 times
-            // faster. For a model without such layers it is slower here (SmolLM2: 30 ms a step
-            // against 23).
+            // window layers' full cache (`swa_full`) is mostly made of: such a model steps and
+            // reads faster with it; a model without such layers is slower with it
+            // (docs/benchmarks.md, "Flash attention on a CPU").
             llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO
         } else {
             llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED

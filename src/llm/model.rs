@@ -153,7 +153,7 @@ impl Tokenizer {
 
     /// Tokens of `text` as plain text (no BOS, special tokens not parsed).
     pub fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
-        self.model.vocab().tokenize(text.as_bytes(), false, false)
+        super::token::tokenize(&self.model, text, super::token::Tokenize::Plain)
     }
 
     /// Number of tokens of `text` as plain text.

@@ -18,6 +18,27 @@ pub fn index(token: Token) -> usize {
     usize::try_from(token.0).unwrap_or(0)
 }
 
+/// How text becomes tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokenize {
+    /// As plain text: the text of a special token stays text, and no BOS. Documents, questions
+    /// and answers, which anyone may have written, are tokenized so: a document cannot end the
+    /// system turn.
+    Plain,
+    /// The chat template's own markup: its special tokens are parsed, and the model's BOS goes
+    /// first where `bos`.
+    Markup { bos: bool },
+}
+
+/// The tokens of `text`, tokenized as `how` says.
+pub fn tokenize(model: &Model, text: &str, how: Tokenize) -> Vec<Token> {
+    let (bos, special) = match how {
+        Tokenize::Plain => (false, false),
+        Tokenize::Markup { bos } => (bos, true),
+    };
+    model.vocab().tokenize(text.as_bytes(), bos, special)
+}
+
 /// Whether `token` ends generation (end of sequence, end of turn...).
 pub fn is_eog(model: &Model, token: Token) -> bool {
     model.vocab().is_eog(token)

@@ -3,8 +3,8 @@
 //! thread, and the saved conversation. The TUI, `ask` and `bench` are thin users of it; none of
 //! them touches `llm` or `corpus` internals.
 
+pub mod engine_thread;
 pub mod history;
-pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,8 +23,8 @@ use crate::session::Engine;
 pub use crate::corpus::watch::WatchEvent;
 pub use crate::corpus::{Hit, Progress, Skipped};
 pub use crate::session::{Answer, Source, Turn, View};
+pub use engine_thread::{EngineInfo, EngineThread, Reply, Request};
 pub use history::History;
-pub use worker::{EngineInfo, Reply, Request, Worker};
 
 /// A folder's documents, opened: the index to answer from, and the indexer that keeps it
 /// current unless another instance holds it.
@@ -38,19 +38,13 @@ pub struct Corpus {
 }
 
 impl Corpus {
-    /// Opens `folder`'s index in the cache directory, creating it if needed. `pdf_worker` is the
+    /// Opens `folder`'s index in the cache directory, creating it if needed. `exe` is the
     /// rapid-chat executable, which extracts PDFs in a child process.
-    pub fn open(config: &Config, dirs: &Dirs, folder: &Path, pdf_worker: &Path) -> Result<Self> {
+    pub fn open(config: &Config, dirs: &Dirs, folder: &Path, exe: &Path) -> Result<Self> {
         let root = crate::corpus::index::corpus_root(folder)?;
         let model = crate::llm::fetch::model_path(config.model.as_deref(), &dirs.models())?;
         let tokenizer = Arc::new(Tokenizer::load(&model)?);
-        match Indexer::open(
-            &dirs.indexes(),
-            &root,
-            tokenizer,
-            config,
-            pdf_worker.to_path_buf(),
-        ) {
+        match Indexer::open(&dirs.indexes(), &root, tokenizer, config, exe.to_path_buf()) {
             Ok(indexer) => Ok(Self {
                 index: indexer.reader()?,
                 root,
@@ -161,7 +155,7 @@ pub struct Options {
     pub config: Config,
     pub dirs: Dirs,
     /// The rapid-chat executable (PDFs are extracted in a child process).
-    pub pdf_worker: PathBuf,
+    pub exe: PathBuf,
     /// Start without the conversation saved for this folder.
     pub new: bool,
 }
@@ -170,7 +164,7 @@ pub struct Options {
 /// conversation. Its channels carry everything the front end must show.
 pub struct Runtime {
     pub root: PathBuf,
-    worker: Worker,
+    engine: EngineThread,
     /// The engine's replies.
     pub replies: Receiver<Reply>,
     /// Indexing and watching.
@@ -190,10 +184,10 @@ impl Runtime {
             folder,
             config,
             dirs,
-            pdf_worker,
+            exe,
             new,
         } = opts;
-        let mut corpus = Corpus::open(&config, &dirs, &folder, &pdf_worker)?;
+        let mut corpus = Corpus::open(&config, &dirs, &folder, &exe)?;
         let (updates_tx, updates) = crossbeam_channel::unbounded();
         corpus.spawn_ingest(updates_tx)?;
         let (replies_tx, replies) = crossbeam_channel::unbounded();
@@ -206,7 +200,7 @@ impl Runtime {
             }
             Engine::load(&config, &dirs)
         };
-        let worker = Worker::spawn(
+        let engine = EngineThread::spawn(
             std::sync::Arc::new(load),
             workers,
             corpus.index.clone(),
@@ -222,7 +216,7 @@ impl Runtime {
         };
         Ok(Self {
             root: corpus.root,
-            worker,
+            engine,
             replies,
             updates,
             history,
@@ -236,12 +230,12 @@ impl Runtime {
 
     /// Asks a question; the answer streams on `replies`.
     pub fn ask(&self, request: Request) {
-        self.worker.ask(request);
+        self.engine.ask(request);
     }
 
     /// Stops the answer in progress.
     pub fn cancel(&self) {
-        self.worker.cancel();
+        self.engine.cancel();
     }
 
     /// Writes the conversation for this folder, to be loaded at the next start.
@@ -281,8 +275,8 @@ pub fn current_index(
         ));
         return Ok(index);
     }
-    let pdf_worker = std::env::current_exe().context("cannot find the rapid-chat executable")?;
-    let mut corpus = Corpus::open(config, dirs, folder, &pdf_worker)?;
+    let exe = std::env::current_exe().context("cannot find the rapid-chat executable")?;
+    let mut corpus = Corpus::open(config, dirs, folder, &exe)?;
     match corpus.update(progress)? {
         Some(report) => note(report.summary()),
         None => note(format!(

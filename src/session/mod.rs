@@ -2,18 +2,18 @@
 //! contexts that live across turns (so each turn decodes only what its prompt does not share with
 //! the previous one), and report what the user sees.
 
+pub mod measure;
 pub mod prompt;
 pub mod sizing;
 
 use anyhow::Result;
-use llama_cpp_2::token::LlamaToken;
 
 use crate::config::{Config, CtxSize, EngineConfig};
 use crate::corpus::CorpusIndex;
 use crate::llm::context::common_prefix;
 use crate::llm::kvcache::{self, KvCache};
 use crate::llm::memory;
-use crate::llm::{Context, ContextSettings, Model, Models};
+use crate::llm::{Context, ContextSettings, Model, Models, Token};
 use crate::paths::Dirs;
 use crate::speculative::decode::{self, Drafter, Output};
 use crate::speculative::{Event, Flow, Mode};
@@ -296,7 +296,7 @@ impl Engine {
     /// there. Returns the tokens decoded and the tokens restored.
     fn documents(
         &mut self,
-        docs: &[LlamaToken],
+        docs: &[Token],
         sink: &mut dyn FnMut(Event) -> Flow,
     ) -> Result<(usize, usize)> {
         let Some(cache) = self.kv.clone() else {
@@ -355,7 +355,7 @@ impl Engine {
     }
 
     /// The tokens in the target's KV cache.
-    pub fn target_tokens(&self) -> &[LlamaToken] {
+    pub fn target_tokens(&self) -> &[Token] {
         self.target.tokens()
     }
 
@@ -368,6 +368,17 @@ impl Engine {
         )
     }
 
+    /// What the drafting policy has measured so far (it carries from answer to answer).
+    pub fn costs(&self) -> &crate::speculative::adaptive::Costs {
+        &self.costs
+    }
+
+    /// A drafter step's cost relative to a target step, as the policy guesses it until one is
+    /// measured: the ratio of the models' sizes.
+    pub fn draft_cost_hint(&self) -> f64 {
+        self.models.drafter.size() as f64 / self.models.target.size().max(1) as f64
+    }
+
     /// CPU threads llama.cpp uses.
     pub fn threads(&self) -> u32 {
         self.contexts.threads
@@ -376,101 +387,6 @@ impl Engine {
     /// Target and drafter context sizes.
     pub fn ctx_sizes(&self) -> (usize, usize) {
         (self.target.n_ctx(), self.drafter.n_ctx())
-    }
-
-    /// The drafter's own greedy continuation, up to `max` tokens with its top probability at
-    /// each, after `draft_prompt` followed by `answer[..i]`, for every position `i` of `answer`
-    /// (for `rapid-chat simulate`). A continuation whose first token the answer confirms serves
-    /// the next position too, so mostly one drafter step is decoded per position.
-    pub fn drafter_continuations(
-        &mut self,
-        draft_prompt: &[LlamaToken],
-        answer: &[LlamaToken],
-        max: usize,
-    ) -> Result<Vec<Vec<(LlamaToken, f32)>>> {
-        use crate::speculative::sampling::{argmax_margin, max_prob};
-        let n_ctx = self.drafter.n_ctx();
-        let base = draft_prompt.len();
-        // The prompt, answer[..i], then the continuation `next` at position i.
-        let mut seq = draft_prompt.to_vec();
-        let mut next: Vec<(LlamaToken, f32)> = Vec::new();
-        let mut all = Vec::with_capacity(answer.len());
-        for i in 0..answer.len() {
-            if i > 0 {
-                let confirmed = next.first().is_some_and(|d| d.0 == answer[i - 1]);
-                if confirmed {
-                    next.remove(0);
-                } else {
-                    next.clear();
-                    seq.truncate(base + i - 1);
-                    seq.push(answer[i - 1]);
-                }
-            }
-            while next.len() < max && seq.len() + 1 < n_ctx {
-                self.drafter.sync(&seq, &mut |_, _| true)?;
-                let z = self.drafter.logits(0);
-                let d = crate::llm::token::from_index(argmax_margin(z).0);
-                next.push((d, max_prob(z)));
-                seq.push(d);
-            }
-            all.push(next.clone());
-        }
-        Ok(all)
-    }
-
-    /// The target's (or with `drafter`, the drafter model's) decode time for a batch of each of
-    /// `sizes` tokens after `depth` tokens, as `step_cost.cpp` measures it (made-up tokens, the
-    /// batch rolled back and repeated `repeats` times after two untimed runs), plus the argmax at
-    /// every position as a verification does; in a context of its own with this engine's
-    /// settings. Returns the prefill rate (tokens/s) and the milliseconds per size.
-    pub fn cost_curve(
-        &self,
-        drafter: bool,
-        depth: usize,
-        sizes: &[usize],
-        repeats: usize,
-    ) -> Result<(f64, Vec<(usize, f64)>)> {
-        let model = if drafter {
-            self.models.drafter
-        } else {
-            self.models.target
-        };
-        let largest = sizes.iter().copied().max().unwrap_or(1);
-        let n_ctx = u32::try_from(depth + largest + 8)
-            .map_err(|_| anyhow::anyhow!("a depth of {depth} tokens is too large"))?;
-        let mut ctx = Context::new(
-            model,
-            ContextSettings {
-                n_ctx,
-                ..self.contexts
-            },
-        )?;
-        let n_vocab = i32::try_from(ctx.n_vocab()).unwrap_or(i32::MAX);
-        let made_up = |p: usize| {
-            let p = i32::try_from(p % 1_000_000).unwrap_or(0);
-            crate::llm::token::from_index(
-                usize::try_from(100 + (p * 7919) % (n_vocab - 200)).unwrap_or(0),
-            )
-        };
-        let prompt: Vec<LlamaToken> = (0..depth.max(1)).map(made_up).collect();
-        let started = std::time::Instant::now();
-        ctx.prefill(&prompt, &mut |_, _| true)?;
-        let prefill_rate = depth as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        let mut curve = Vec::with_capacity(sizes.len());
-        for &g in sizes {
-            let batch: Vec<LlamaToken> = (depth..depth + g).map(made_up).collect();
-            let mut total = 0.0;
-            // Two untimed: on a GPU the first batch of a shape runs without a CUDA graph and the
-            // second captures one; the timed ones replay it.
-            for r in 0..repeats + 2 {
-                let t = crate::speculative::decode::timed_verification(&mut ctx, &batch)?;
-                if r > 1 {
-                    total += t.as_secs_f64();
-                }
-            }
-            curve.push((g, total / repeats.max(1) as f64 * 1e3));
-        }
-        Ok((prefill_rate, curve))
     }
 
     /// Answers `question` (after `history`) from `index`, streaming events to `sink`.
@@ -604,10 +520,9 @@ impl Engine {
                     &prompts.draft
                 };
                 let drafter = Drafter {
+                    cost_hint: self.draft_cost_hint(),
                     ctx: &mut self.drafter,
                     prompt: draft_prompt,
-                    cost_hint: self.models.drafter.size() as f64
-                        / self.models.target.size().max(1) as f64,
                     same_model: self.models.same,
                 };
                 decode::generate(

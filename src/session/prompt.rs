@@ -8,9 +8,9 @@
 //! for it (when the corpus does not fit, the view would otherwise move with every question), so
 //! that the target decodes only the new turn's tokens.
 
+use crate::llm::token::{Tokenize, tokenize};
+use crate::llm::{Model, Token};
 use anyhow::{Result, bail};
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::{CorpusIndex, Hit};
@@ -57,11 +57,11 @@ impl View {
 /// The token sequences of one turn.
 #[derive(Debug, Clone)]
 pub struct Prompts {
-    pub target: Vec<LlamaToken>,
+    pub target: Vec<Token>,
     /// Where the target's documents end: `target[..docs_end]` (instructions and documents) is
     /// the part saved in the corpus KV cache.
     pub docs_end: usize,
-    pub draft: Vec<LlamaToken>,
+    pub draft: Vec<Token>,
     /// The chunks the drafter sees, best first.
     pub sources: Vec<Source>,
     pub view: View,
@@ -93,7 +93,7 @@ pub struct Budgets {
 
 /// Builds both prompts for `question` after `history`.
 pub fn build(
-    model: &LlamaModel,
+    model: &Model,
     index: &CorpusIndex,
     question: &str,
     history: &[Turn],
@@ -105,7 +105,7 @@ pub fn build(
 /// Like [`build`]; `previous` is the target's view of the previous turn, kept for a follow-up
 /// when it holds the best chunks for it.
 pub fn build_after(
-    model: &LlamaModel,
+    model: &Model,
     index: &CorpusIndex,
     question: &str,
     history: &[Turn],
@@ -254,7 +254,7 @@ const CHUNK_OVERHEAD: usize = 8;
 /// reserve and a `max_tokens` answer, beside a drafter context of `draft_ctx` (a multiple of 256;
 /// rendering may take a few tokens more than the chunks' counts: 2% are added).
 pub fn corpus_needs(
-    model: &LlamaModel,
+    model: &Model,
     index: &CorpusIndex,
     max_tokens: usize,
     draft_ctx: usize,
@@ -275,18 +275,14 @@ pub fn corpus_needs(
 
 /// The drafter context that holds `retrieval` tokens of chunks, a `max_tokens` answer and a
 /// conversation of up to half as much again as the chunks (at least 512 tokens).
-pub fn draft_needs(model: &LlamaModel, retrieval: usize, max_tokens: usize) -> Result<usize> {
+pub fn draft_needs(model: &Model, retrieval: usize, max_tokens: usize) -> Result<usize> {
     let base = Frame::new(model, "", &[])?.fixed_tokens();
     Ok(base + retrieval + retrieval / 50 + max_tokens + 1 + (retrieval / 2).max(512))
 }
 
 /// Takes candidates in order while they fit `room` tokens, renders them in document order, and
 /// gives back the last taken until the rendered text really fits.
-fn fill<'a>(
-    model: &LlamaModel,
-    candidates: &[&'a Hit],
-    room: usize,
-) -> (Vec<LlamaToken>, Vec<&'a Hit>) {
+fn fill<'a>(model: &Model, candidates: &[&'a Hit], room: usize) -> (Vec<Token>, Vec<&'a Hit>) {
     let mut taken: Vec<&Hit> = Vec::new();
     let mut estimate = 0;
     for &c in candidates {
@@ -352,20 +348,20 @@ fn clean(text: &str) -> String {
     )
 }
 
-fn tokenize_plain(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
-    model.vocab().tokenize(text.as_bytes(), false, false)
+fn tokenize_plain(model: &Model, text: &str) -> Vec<Token> {
+    tokenize(model, text, Tokenize::Plain)
 }
 
 /// The chat-template text around the documents and the question, tokenized once.
 struct Frame {
-    before_docs: Vec<LlamaToken>,
-    between: Vec<LlamaToken>,
-    question: Vec<LlamaToken>,
-    after: Vec<LlamaToken>,
+    before_docs: Vec<Token>,
+    between: Vec<Token>,
+    question: Vec<Token>,
+    after: Vec<Token>,
 }
 
 impl Frame {
-    fn new(model: &LlamaModel, question: &str, history: &[Turn]) -> Result<Self> {
+    fn new(model: &Model, question: &str, history: &[Turn]) -> Result<Self> {
         let mut messages = vec![Message::new(
             Role::System,
             format!("{SYSTEM}\n\n# Documents\n{DOCS_MARK}"),
@@ -382,12 +378,11 @@ impl Frame {
         let (between, after) = rest
             .split_once(QUESTION_MARK)
             .ok_or_else(|| anyhow::anyhow!("chat template lost the question"))?;
-        let vocab = model.vocab();
         Ok(Self {
-            before_docs: vocab.tokenize(before.as_bytes(), true, true),
-            between: vocab.tokenize(between.as_bytes(), false, true),
+            before_docs: tokenize(model, before, Tokenize::Markup { bos: true }),
+            between: tokenize(model, between, Tokenize::Markup { bos: false }),
             question: tokenize_plain(model, question),
-            after: vocab.tokenize(after.as_bytes(), false, true),
+            after: tokenize(model, after, Tokenize::Markup { bos: false }),
         })
     }
 
@@ -395,7 +390,7 @@ impl Frame {
         self.before_docs.len() + self.between.len() + self.question.len() + self.after.len()
     }
 
-    fn tokens(&self, docs: &[LlamaToken]) -> Vec<LlamaToken> {
+    fn tokens(&self, docs: &[Token]) -> Vec<Token> {
         let mut out = Vec::with_capacity(self.fixed_tokens() + docs.len());
         out.extend_from_slice(&self.before_docs);
         out.extend_from_slice(docs);

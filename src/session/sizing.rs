@@ -17,8 +17,8 @@ const MIN: u32 = 256;
 pub const BEFORE_THE_CORPUS: u32 = 8192;
 
 /// The largest auto-sized target on a CPU: reading the documents runs at a few hundred tokens a
-/// second there (16K tokens of Gemma 3 270M took 92 s on 2 cores), so more would keep the first
-/// answer waiting for minutes. A larger context can still be set.
+/// second there, so more would keep the first answer waiting for minutes. A larger context can
+/// still be set.
 pub const CPU_MAX: u32 = 8192;
 
 /// What one model brings to the choice.

@@ -29,28 +29,17 @@
 //! change, and the plain steps after it the change back. Where the shapes' costs were timed (a
 //! GPU with the target as its own drafter) a draft is priced with the change back (the measured
 //! extra of the two batches after a change) unless it keeps the last round's size, and a plain
-//! step is the one-token shape's steady time. Gemma 3 270M on an H100 verifies 2 tokens in about
-//! 2.4 steps, and the change back costs 3-4 more: there only long lookups that hold pay.
+//! step is the one-token shape's steady time. Where a batch of 2 costs over two steps and the
+//! change back several more (Gemma 3 270M on an H100), only long lookups that hold pay.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+use super::estimate::{DECAY, Mean, Samples};
 use super::lookup::Proposal;
 use super::shapes::{ShapeCosts, Shapes};
 use crate::llm::Token;
 
-/// Where a round's draft came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DraftSource {
-    /// No draft: one target step.
-    None,
-    /// The continuation of an earlier occurrence of the recent tokens.
-    Lookup,
-    /// The drafter model.
-    Model,
-}
+pub use super::DraftSource;
 
 /// A round's plan: the source and the most tokens to draft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +56,6 @@ impl Choice {
     };
 }
 
-/// Old observations fade: each new one multiplies the weight of the earlier ones by this.
-const DECAY: f64 = 0.95;
 /// A drafter not used for this many rounds is tried once with a short draft (when nearly worth
 /// it), so that its estimate can recover when the text changes.
 const EXPLORE_AFTER: usize = 32;
@@ -105,64 +92,6 @@ impl Rate {
     fn record(&mut self, accepted: usize, rejected: bool) {
         self.s = self.s * DECAY + accepted as f64;
         self.f = self.f * DECAY + f64::from(u8::from(rejected));
-    }
-}
-
-/// A decayed running mean.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Mean {
-    value: f64,
-    n: f64,
-}
-
-impl Mean {
-    pub(super) fn record(&mut self, x: f64) {
-        // One slow outlier (a GPU's first batch of a new shape, a busy machine) must not decide
-        // for long: it counts as at most three times the current value.
-        let x = if self.n > 0.0 {
-            x.min(3.0 * self.value)
-        } else {
-            x
-        };
-        self.n = self.n * DECAY + 1.0;
-        self.value += (x - self.value) / self.n;
-    }
-
-    pub(super) fn get(&self) -> Option<f64> {
-        (self.n > 0.0).then_some(self.value)
-    }
-}
-
-/// The last few times of one batch size: their median is its estimate (one slow batch, a GPU's
-/// first of a new shape or a busy machine's, does not decide), their least what it costs when
-/// nothing else takes the machine.
-#[derive(Debug, Clone, Default)]
-struct Samples {
-    recent: std::collections::VecDeque<f64>,
-}
-
-/// Times kept per batch size.
-const SAMPLES: usize = 9;
-
-impl Samples {
-    fn record(&mut self, t: f64) {
-        if self.recent.len() == SAMPLES {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(t);
-    }
-
-    fn median(&self) -> Option<f64> {
-        let mut v: Vec<f64> = self.recent.iter().copied().collect();
-        super::median(&mut v)
-    }
-
-    fn least(&self) -> Option<f64> {
-        self.recent.iter().copied().reduce(f64::min)
-    }
-
-    fn measured(&self) -> bool {
-        !self.recent.is_empty()
     }
 }
 
@@ -330,9 +259,31 @@ fn bucket(match_len: usize, in_answer: bool) -> usize {
     by_len + 5 * usize::from(in_answer)
 }
 
+/// What a round will draft.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The batch shape it is verified in (None: its own length).
+    pub fixed: Option<usize>,
+    /// Whether that shape is one the policy chose among several (else the rules' fixed shape).
+    pub shaped: bool,
+    pub proposal: Option<Proposal>,
+    pub choice: Choice,
+}
+
+/// What a round may draft from, as the decoder offers it.
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    /// The lookup's proposal after the answer so far, if it has one.
+    pub proposal: Option<Proposal>,
+    /// The most tokens the drafter model may draft (0: no drafter this round).
+    pub model_max: usize,
+    /// Tokens the drafter must decode before its first draft (1 when it is caught up).
+    pub model_behind: usize,
+}
+
 /// What a round may draft from: the candidates the policy chooses among.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Candidates {
+struct Candidates {
     /// The lookup's match length and how many tokens it can propose.
     pub lookup: Option<(usize, usize)>,
     /// The most tokens the drafter model may draft (0: no drafter this round).
@@ -443,8 +394,86 @@ impl Policy {
         self.shapes.as_ref().map_or(&[], |s| s.sizes())
     }
 
+    /// The largest of the fixed shapes (None without them).
+    pub fn largest_shape(&self) -> Option<usize> {
+        self.shape_sizes().last().copied()
+    }
+
+    /// The plan of the next round from `offer`: under the engine's `fixed` batch shape (where the
+    /// context has room for it) the whole lookup or nothing, since the batch costs the same
+    /// whatever it holds; with the policy's own shapes, the shape of the round and as much of
+    /// the lookup as it holds; else the draft with the most tokens per second. `left`: the
+    /// tokens the answer may still have; `fits`: whether the context has room for a batch.
+    pub fn plan(
+        &mut self,
+        offer: Offer,
+        fixed: Option<usize>,
+        left: usize,
+        fits: &dyn Fn(usize) -> bool,
+    ) -> Plan {
+        let Offer {
+            proposal,
+            model_max,
+            model_behind,
+        } = offer;
+        let lookup_choice = |k: usize| match k {
+            0 => Choice::NONE,
+            k => Choice {
+                source: DraftSource::Lookup,
+                k,
+            },
+        };
+        if fixed.is_none()
+            && self.shapes.is_some()
+            && let Some(s) = self.shape(left).filter(|&s| fits(s))
+        {
+            let k = proposal.as_ref().map_or(0, |p| p.tokens.len().min(s - 1));
+            return Plan {
+                fixed: Some(s),
+                shaped: true,
+                proposal,
+                choice: lookup_choice(k),
+            };
+        }
+        let choice = match fixed {
+            Some(_) => lookup_choice(proposal.as_ref().map_or(0, |p| p.tokens.len())),
+            None => self.choose(Candidates {
+                lookup: proposal.as_ref().map(|p| (p.match_len, p.tokens.len())),
+                model_max,
+                model_behind,
+                lookup_in_answer: proposal.as_ref().is_some_and(|p| p.in_answer),
+            }),
+        };
+        Plan {
+            fixed,
+            shaped: false,
+            proposal,
+            choice,
+        }
+    }
+
+    /// Learns from a round of `plan`: what it cost and how much of its draft the target took
+    /// (`round`), and the tokens it `produced` (a lookup it declined is scored against them,
+    /// and followed along the answer). A round in the engine's fixed shape teaches nothing: its
+    /// time is not that of its draft's size.
+    pub fn learn(&mut self, plan: &Plan, round: &Round, produced: &[Token]) {
+        if plan.shaped {
+            self.record_shaped(*round);
+            self.observe_shapes(plan.proposal.as_ref(), produced);
+        } else if plan.fixed.is_none() {
+            self.record(*round);
+        }
+        if plan.fixed.is_none() || plan.shaped {
+            let declined = plan
+                .proposal
+                .as_ref()
+                .filter(|_| round.source != DraftSource::Lookup);
+            self.observe_round(declined, produced);
+        }
+    }
+
     /// Records a calibration of the fixed shape `size` (see [`Costs::record_shape`]).
-    pub fn record_shape(&mut self, size: usize, steady: Duration, switch: Duration) {
+    pub fn calibrate_shape(&mut self, size: usize, steady: Duration, switch: Duration) {
         self.costs.record_shape(size, steady, switch);
     }
 
@@ -460,7 +489,7 @@ impl Policy {
 
     /// With fixed shapes: the shape of the next round, given the tokens the answer may still
     /// have.
-    pub fn shape(&mut self, left: usize) -> Option<usize> {
+    fn shape(&mut self, left: usize) -> Option<usize> {
         let t1 = self.costs.shapes.steady(1)?;
         let risk = self.risk(t1);
         let tokens = self.tokens;
@@ -470,7 +499,7 @@ impl Policy {
 
     /// With fixed shapes: replays on them the tokens a round `produced`, given its lookup `p`
     /// (if any).
-    pub fn observe_shapes(&mut self, p: Option<&Proposal>, produced: &[Token]) {
+    fn observe_shapes(&mut self, p: Option<&Proposal>, produced: &[Token]) {
         let Some(shapes) = self.shapes.as_ref() else {
             return;
         };
@@ -483,7 +512,7 @@ impl Policy {
 
     /// Records a round verified in the current fixed shape (padded): the shape's time, the
     /// lookup's acceptance, and what the round gained or lost over plain steps.
-    pub fn record_shaped(&mut self, round: Round) {
+    fn record_shaped(&mut self, round: Round) {
         let produced = round.accepted + 1;
         self.tokens += produced;
         // Every round counts: a padded round without a draft loses. The two rounds after a
@@ -532,7 +561,7 @@ impl Policy {
     /// After a round that `produced` these tokens: scores the lookup proposal it did not use
     /// (`declined`, if any) against them, and follows a declined lookup along the answer to
     /// learn what taking it would have gained (see [`Self::risk`]).
-    pub fn observe_round(&mut self, declined: Option<&Proposal>, produced: &[Token]) {
+    fn observe_round(&mut self, declined: Option<&Proposal>, produced: &[Token]) {
         if let Some(p) = declined {
             let agreed = p.agreement(produced);
             let disagreed = agreed < produced.len().min(p.tokens.len());
@@ -566,12 +595,12 @@ impl Policy {
     }
 
     /// Records a calibration measurement: `g` tokens verified in `t`.
-    pub fn record_verify(&mut self, g: usize, t: Duration) {
+    pub fn calibrate(&mut self, g: usize, t: Duration) {
         self.costs.record_verify(g, t);
     }
 
     /// The plan for the next round.
-    pub fn choose(&mut self, opts: Candidates) -> Choice {
+    fn choose(&mut self, opts: Candidates) -> Choice {
         let lookup = opts.lookup.filter(|&(_, avail)| avail > 0);
         let choice = if self.adaptive {
             self.best(
@@ -716,7 +745,7 @@ impl Policy {
 
     /// Records a finished round: `drafted` tokens from `source` (with the lookup's match length),
     /// `accepted` of them, whether one was rejected, and the measured times.
-    pub fn record(&mut self, round: Round) {
+    fn record(&mut self, round: Round) {
         let g = round.drafted + 1;
         let produced = round.accepted + 1;
         self.tokens += produced;
@@ -747,7 +776,7 @@ impl Policy {
 
     /// Scores a lookup proposal the round did not use against the tokens it produced: how many
     /// of its first tokens agreed, and whether one disagreed.
-    pub fn observe_lookup(
+    fn observe_lookup(
         &mut self,
         match_len: usize,
         in_answer: bool,
@@ -838,11 +867,11 @@ mod tests {
     fn a_calibration_caught_in_a_burst_does_not_open_the_floor() {
         let mut p = Policy::new(true, 1.0);
         let t1 = 110.0;
-        p.record_verify(1, ms(5.0 * t1));
-        p.record_verify(1, ms(t1));
-        p.record_verify(1, ms(5.0 * t1));
+        p.calibrate(1, ms(5.0 * t1));
+        p.calibrate(1, ms(t1));
+        p.calibrate(1, ms(5.0 * t1));
         for (g, t) in [(2, 120.0), (4, 130.0), (8, 150.0), (17, 200.0)] {
-            p.record_verify(g, ms(t));
+            p.calibrate(g, ms(t));
         }
         // What rounds really cost on the busy machine: drafts of 2 tokens take 300 ms, and the
         // target accepts one of them (2 tokens a round, where plain steps give 2 in 220 ms).
@@ -911,8 +940,8 @@ mod tests {
             for _ in 0..300 {
                 p.record(round(DraftSource::None, 0, 0, 0, 1.3));
             }
-            p.record_verify(5, ms(2.0));
-            p.record_verify(17, ms(4.0));
+            p.calibrate(5, ms(2.0));
+            p.calibrate(17, ms(4.0));
             // Lookups of 5-token matches in the prompt: 3 of 4 right.
             for _ in 0..20 {
                 p.observe_lookup(5, false, 3, true);
@@ -1120,7 +1149,7 @@ mod tests {
     fn after_a_repetitive_answer() -> Policy {
         let mut p = Policy::new(true, 1.0);
         for (g, t) in CPU {
-            p.record_verify(g, ms(t));
+            p.calibrate(g, ms(t));
         }
         for _ in 0..30 {
             p.record(round(DraftSource::Lookup, 9, 15, 15, 194.8));
@@ -1263,7 +1292,7 @@ mod tests {
     fn matches_of_sixteen_tokens_and_more_are_judged_apart() {
         let mut p = Policy::new(true, 1.0);
         for (g, t) in CPU {
-            p.record_verify(g, ms(t));
+            p.calibrate(g, ms(t));
         }
         for _ in 0..200 {
             p.record(round(DraftSource::None, 0, 0, 0, CPU[0].1));

@@ -1,14 +1,10 @@
-//! The decode loop, one for every mode. Invariant between rounds: the verifying context's cache
-//! holds the sequence except its last token (`pending`), which the next verification batch
-//! `[pending, d1..dk]` decodes together with the drafts. Each round's draft comes from where the
-//! policy ([`super::adaptive`]) expects the most tokens per second: a lookup in the text, the
-//! drafter model, or nowhere (a plain target step). The drafter's cache is brought to its own
-//! sequence by prefix reuse when it drafts, which also rolls back its rejected drafts and catches
-//! up on the rounds it sat out.
-//!
-//! A round is: [`choose`] the draft's source and length, [`draft_round`], [`verify_round`] (the
-//! batch here, the acceptance in [`super::verify`]), emit the tokens ([`super::emit`]), and
-//! account for it ([`super::account`], whose snapshot goes out with every round).
+//! The decode loop, one for every mode, on llama.cpp's contexts: the live backend of
+//! [`super::round`]. Invariant between rounds: the verifying context's cache holds the sequence
+//! except its last token (`pending`), which the next verification batch `[pending, d1..dk]`
+//! decodes together with the drafts. The drafter's cache is brought to its own sequence by prefix
+//! reuse when it drafts, which also rolls back its rejected drafts and catches up on the rounds
+//! it sat out. Each round's tokens go out as events (a model without a chat template's own next
+//! turn held back and cut), and the answer's statistics go with every round.
 
 use std::time::{Duration, Instant};
 
@@ -17,11 +13,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::account::{Gauges, Tally};
-use super::adaptive::{self, Costs, DraftSource, Policy};
-use super::emit::{self, Stop};
+use super::adaptive::{Costs, DraftSource, Policy};
+use super::calibrate;
+use super::emit::{self, Emitted, Stop};
 use super::lookup::{Lookup, Proposal};
+use super::round::{self, Backend, Drafted, Played};
 use super::sampling::{argmax_margin, max_prob, sample, softmax, top_p};
-use super::shapes;
 use super::verify::{self, Settings, Verified};
 use super::{Event, Flow, GenToken, Stats, TokenKind};
 use crate::config::EngineConfig;
@@ -50,6 +47,12 @@ pub struct Output {
     /// The target's margin where it chose end-of-generation, if it did.
     pub end_margin: Option<f32>,
     pub text: String,
+    /// Every token the rounds produced, in order (ids): the answer's, those of a turn marker it
+    /// was cut at, and the end-of-generation token that ended it. What a replay of the answer
+    /// must produce.
+    pub produced: Vec<i32>,
+    /// Whether `produced` ends with the end-of-generation token.
+    pub eog: bool,
     pub stats: Stats,
 }
 
@@ -79,7 +82,6 @@ pub fn generate(
     anyhow::ensure!(!prompt.is_empty(), "empty prompt");
     let started = Instant::now();
     let mut tally = Tally::default();
-
     // A drafter whose context cannot hold its prompt and a draft sits this answer out (the
     // target still answers, one token per round).
     if drafter
@@ -89,228 +91,274 @@ pub fn generate(
         tracing::warn!("the drafter's prompt fills its context: decoding without drafts");
         drafter = None;
     }
-
-    let mut cancelled = prefill(target, prompt, drafter.as_mut(), &mut tally, sink)?;
-    let mut policy = Policy::new(
-        params.adaptive,
-        drafter.as_ref().map_or(1.0, |d| d.cost_hint),
-    )
-    .with_costs(std::mem::take(costs));
-    let shaped = params.lookup && params.adaptive && params.verify_shapes > 1;
-    if shaped {
-        policy = policy.with_shapes(params.verify_shapes);
-    }
+    let cancelled = prefill(target, prompt, drafter.as_mut(), &mut tally, sink)?;
     let self_spec = drafter.as_ref().is_some_and(|d| d.same_model);
-    // Calibrations: once per engine; counted with the prefill (before the first token), not the
-    // decoding.
-    let pending = prompt[prompt.len() - 1];
-    let by_costs = params.verify_batch == 0 && target.on_gpu() && self_spec;
-    let to_time = shapes_to_time(params);
-    if (shaped || (by_costs && params.lookup))
-        && !cancelled
-        && !policy.costs().shapes_calibrated(&to_time)
-    {
-        calibrate_shapes(target, pending, &to_time, &mut policy)?;
-        if by_costs && !shaped {
-            tracing::info!(
-                shape = policy.costs().default_fixed_shape(),
-                "the fixed verification shape from the calibrated costs (1: none)"
-            );
-        }
-    }
-    let fixed_shape = Some(verify_batch(
-        params,
-        target.on_gpu(),
-        self_spec,
-        policy.costs(),
-    ))
-    .filter(|&g| !shaped && params.lookup && g > 1);
-    // Under a fixed shape no round is a plain step: the answer's speed-up is over the one-token
-    // step, timed as a shape of 1 (already, where the shapes were calibrated).
-    if fixed_shape.is_some() && !cancelled && !policy.costs().shapes_calibrated(&[1]) {
-        calibrate_shapes(target, pending, &[1], &mut policy)?;
-    }
-    if params.adaptive
-        && !shaped
-        && fixed_shape.is_none()
-        && !cancelled
-        && !policy.costs().calibrated()
-    {
-        calibrate(target, pending, params, &mut policy)?;
-    }
-    // On a GPU whose shapes were timed, a draft of a changing size pays for llama.cpp's graphs.
-    if target.on_gpu()
-        && !shaped
-        && fixed_shape.is_none()
-        && let Some((t1, switch)) = policy.costs().graph_costs()
-    {
-        policy = policy.with_graphs(t1, switch);
-    }
+    let hint = drafter.as_ref().map_or(1.0, |d| d.cost_hint);
+    let policy = Policy::new(params.adaptive, hint).with_costs(std::mem::take(costs));
+    // Calibrations: once per engine; counted with the prefill (before the first token).
+    let (mut policy, rules) =
+        calibrate::prepare(target, prompt, params, self_spec, policy, cancelled)?;
     // The lookup's index of the prompt is built with the prefill, before the first token.
-    let mut answer = Answer::new(model, prompt, drafter.as_ref(), params.lookup);
+    let answer = Answer::new(model, prompt, drafter.as_ref(), params.lookup);
     tally.prefill_done(started.elapsed().as_secs_f64());
     let clock = Clock {
         decode_started: Instant::now(),
         busy_before: busy(target, drafter.as_ref()),
-        verify_shape: fixed_shape.map_or(0, |g| u32::try_from(g).unwrap_or(u32::MAX)),
+        verify_shape: rules
+            .fixed_shape
+            .map_or(0, |g| u32::try_from(g).unwrap_or(u32::MAX)),
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
-    // With `ignore_eos`: the end-of-generation tokens, masked out of the target's logits.
-    let eog: Vec<usize> = if params.ignore_eos {
-        (0..target.n_vocab())
-            .filter(|&i| token::is_eog(model, token::from_index(i)))
-            .collect()
-    } else {
-        Vec::new()
+    let eog = masked_eog(model, target.n_vocab(), params);
+    let mut live = Live {
+        model,
+        target,
+        drafter,
+        answer,
+        params,
+        rng: ChaCha8Rng::seed_from_u64(params.seed),
+        eog,
+        // A model without a chat template answers in the plain layout and goes on with a turn
+        // of its own: the answer ends where that turn starts, and its text is never shown.
+        guard: crate::llm::chat::turn_marker(model)
+            .filter(|_| !params.ignore_eos)
+            .map(emit::TurnGuard::new),
+        tally,
+        sink,
+        started,
+        cancelled,
     };
-
-    // A model without a chat template answers in the plain layout and goes on with a turn of
-    // its own: the answer ends where that turn starts, and its text is never shown.
-    // (`ignore_eos` runs every answer to its limit.)
-    let mut guard = crate::llm::chat::turn_marker(model)
-        .filter(|_| !params.ignore_eos)
-        .map(emit::TurnGuard::new);
-
-    while !cancelled && answer.generated.len() < params.max_tokens {
+    while !live.cancelled && live.left() > 0 {
         let t0 = Instant::now();
-        let plan = choose(
-            params,
-            fixed_shape,
-            target,
-            drafter.as_ref(),
-            &answer,
-            &mut policy,
-        );
-        let (source, draft) =
-            draft_round(&plan, drafter.as_mut(), &answer.draft_seq, params, &mut rng)?;
-        let t_draft = t0.elapsed();
-
-        let t1 = Instant::now();
-        let verified = verify_round(
-            target,
-            answer.pending,
-            &draft,
-            plan.fixed,
-            &round_settings(params, plan.choice.source),
-            &eog,
-            &mut rng,
-        )?;
-        let t_verify = t1.elapsed();
-        // (A round padded to a larger shape is no plain step, even without a draft: under a
-        // fixed shape the answer's speed-up is then over the calibrated one-token step.)
-        let plain = draft.tokens.is_empty() && plan.fixed.is_none_or(|g| g == 1);
-        tally.timed(t_draft, t_verify, plain);
-        let measured = measured(&plan, source, &draft, &verified, t_draft, t_verify);
-        // (A fixed shape's times are not those of its drafts' sizes.)
-        if plan.shaped {
-            policy.record_shaped(measured);
-        } else if plan.fixed.is_none() {
-            policy.record(measured);
-        }
-
-        let mut turn_ended = None;
-        let emitted = emit::emit(
-            &verified,
-            draft.tokens.len(),
-            params.max_tokens - answer.generated.len(),
-            |t| token::is_eog(model, t),
-            |v| {
-                let g = answer.push(v);
-                tally.token(|| started.elapsed().as_secs_f64());
-                let Some(guard) = guard.as_mut() else {
-                    return sink(Event::Token(g));
-                };
-                match guard.push(g) {
-                    emit::Guarded::Deliver(tokens) => deliver(sink, tokens),
-                    emit::Guarded::End {
-                        deliver: tokens,
-                        dropped,
-                    } => {
-                        let kept = answer.tokens.len() - dropped;
-                        turn_ended = Some(answer.tokens[kept].margin);
-                        answer.tokens.truncate(kept);
-                        tally.dropped(dropped);
-                        deliver(sink, tokens);
-                        Flow::Cancel
-                    }
-                }
-            },
-        );
-        let emitted = match turn_ended {
-            Some(margin) => emit::Emitted {
-                stop: Some(Stop::EndOfGeneration { margin }),
-                ..emitted
-            },
-            None => emitted,
-        };
-        match emitted.stop {
-            Some(Stop::EndOfGeneration { margin }) => {
-                answer.end_margin = Some(margin);
-                // (A turn marker's tokens are counted as dropped: no hidden token beyond them.)
-                if turn_ended.is_none() {
-                    tally.ended_by_eog();
-                }
-            }
-            Some(Stop::Cancelled) => cancelled = true,
-            Some(Stop::Limit) | None => {}
-        }
-        if plan.shaped {
-            let produced = &answer.generated[answer.generated.len() - emitted.emitted..];
-            policy.observe_shapes(plan.proposal.as_ref(), produced);
-        }
-        // A lookup the round did not use is scored against what the round produced.
-        if plan.fixed.is_none() || plan.shaped {
-            let produced = &answer.generated[answer.generated.len() - emitted.emitted..];
-            let declined = plan
-                .proposal
-                .as_ref()
-                .filter(|_| source != DraftSource::Lookup);
-            policy.observe_round(declined, produced);
-        }
-        tally.drafts(source, emitted.drafted, emitted.accepted);
-        let round = Event::Round {
-            source,
-            drafted: emitted.drafted,
-            accepted: emitted.accepted,
-            t_draft,
-            t_verify,
-            stats: Box::new(account(
-                &tally,
-                target,
-                drafter.as_ref(),
-                &policy,
-                &clock,
-                cancelled,
-            )),
-        };
-        if sink(round) == Flow::Cancel {
-            cancelled = true;
-        }
-        tally.round_ended(t0.elapsed(), plain);
-        if emitted.stop.is_some() {
+        let played = round::play(&mut live, &mut policy, &rules)?;
+        if live.account_round(&played, &policy, &clock, t0) {
             break;
         }
     }
-    if let Some(guard) = guard.as_mut()
-        && !cancelled
-    {
-        deliver(sink, guard.flush());
+    let output = live.finish(&policy, &clock);
+    *costs = policy.costs().clone();
+    Ok(output)
+}
+
+/// With `ignore_eos`: the end-of-generation tokens, masked out of the target's logits.
+fn masked_eog(model: &Model, n_vocab: usize, params: &EngineConfig) -> Vec<usize> {
+    if !params.ignore_eos {
+        return Vec::new();
     }
-    let tail = answer.text.finish();
-    if let Some(last) = answer.tokens.last_mut() {
-        last.text.push_str(&tail);
+    (0..n_vocab)
+        .filter(|&i| token::is_eog(model, token::from_index(i)))
+        .collect()
+}
+
+/// An answer being decoded on llama.cpp's contexts: the live backend of the round driver.
+struct Live<'a> {
+    model: &'a Model,
+    target: &'a mut Context,
+    drafter: Option<Drafter<'a>>,
+    answer: Answer<'a>,
+    params: &'a EngineConfig,
+    rng: ChaCha8Rng,
+    eog: Vec<usize>,
+    guard: Option<emit::TurnGuard>,
+    tally: Tally,
+    sink: &'a mut dyn FnMut(Event) -> Flow,
+    started: Instant,
+    cancelled: bool,
+}
+
+impl Backend for Live<'_> {
+    fn left(&self) -> usize {
+        self.params.max_tokens - self.answer.generated.len()
     }
 
-    let stats = account(&tally, target, drafter.as_ref(), &policy, &clock, cancelled);
-    *costs = policy.costs().clone();
-    let text: String = answer.tokens.iter().map(|t| t.text.as_str()).collect();
-    sink(Event::Done(stats.clone()));
-    Ok(Output {
-        tokens: answer.tokens,
-        end_margin: answer.end_margin,
-        text,
-        stats,
-    })
+    fn propose(&self, max: usize, filled: bool) -> Option<Proposal> {
+        let l = self.answer.lookup.as_ref()?;
+        if filled {
+            l.propose_filled(max)
+        } else {
+            l.propose(max)
+        }
+    }
+
+    fn drafter(&self) -> Option<(usize, usize)> {
+        let d = self.drafter.as_ref()?;
+        let seq = &self.answer.draft_seq;
+        // Room for the drafts (and the decode of the last one) in its context.
+        let room = d.ctx.n_ctx().saturating_sub(seq.len() + 1);
+        Some((room, seq.len() - common_prefix(d.ctx.tokens(), seq)))
+    }
+
+    fn fits(&self, g: usize) -> bool {
+        self.target.tokens().len() + g <= self.target.n_ctx()
+    }
+
+    fn draft(&mut self, k: usize) -> Result<Drafted> {
+        let Some(d) = self.drafter.as_mut() else {
+            return Ok(Drafted::default());
+        };
+        let started = Instant::now();
+        let mut drafted = draft(d.ctx, &self.answer.draft_seq, self.params, k, &mut self.rng)?;
+        drafted.time = started.elapsed();
+        Ok(drafted)
+    }
+
+    /// Decodes `[pending, d1..dk]` in one batch (padded to the shape), verifies the drafts and
+    /// rolls the target back to `[.., pending, accepted drafts]`: the last verified token
+    /// becomes the next pending one.
+    fn verify(
+        &mut self,
+        draft: &Drafted,
+        shape: Option<usize>,
+        source: DraftSource,
+    ) -> Result<(Vec<Verified>, Duration)> {
+        let started = Instant::now();
+        let base = self.target.tokens().len();
+        let mut batch = Vec::with_capacity(draft.tokens.len().max(shape.unwrap_or(0)) + 1);
+        batch.push(self.answer.pending);
+        batch.extend_from_slice(&draft.tokens);
+        if let Some(g) = shape {
+            // Padding after the drafts: causal attention keeps it out of their logits, and the
+            // rollback below removes it with the rejected drafts. Its logits are asked for too:
+            // the number of outputs is part of the graph's shape.
+            batch.resize(g.max(batch.len()), self.answer.pending);
+        }
+        self.target.decode_all(&batch)?;
+        let logits: &Context = self.target;
+        let verified = verify::verify(
+            |i| logits.logits(i),
+            &draft.tokens,
+            &draft.qs,
+            &round_settings(self.params, source),
+            &self.eog,
+            &mut self.rng,
+        );
+        let accepted = verified
+            .iter()
+            .filter(|v| v.kind == TokenKind::Accepted)
+            .count();
+        self.target.truncate(base + 1 + accepted)?;
+        Ok((verified, started.elapsed()))
+    }
+
+    fn emit(&mut self, verified: &[Verified], drafted: usize) -> Emitted {
+        let mut turn_ended = None;
+        let left = self.left();
+        let model = self.model;
+        let emitted = emit::emit(
+            verified,
+            drafted,
+            left,
+            |t| token::is_eog(model, t),
+            |v| self.deliver(v, &mut turn_ended),
+        );
+        let stop = match turn_ended {
+            Some(margin) => Some(Stop::EndOfGeneration { margin }),
+            None => emitted.stop,
+        };
+        match stop {
+            Some(Stop::EndOfGeneration { margin }) => {
+                self.answer.end_margin = Some(margin);
+                // (A turn marker's tokens are counted as dropped: no hidden token beyond them.)
+                if turn_ended.is_none() {
+                    self.tally.ended_by_eog();
+                    self.answer.end = verified.get(emitted.emitted).map(|v| v.token);
+                }
+            }
+            Some(Stop::Cancelled) => self.cancelled = true,
+            Some(Stop::Limit) | None => {}
+        }
+        Emitted { stop, ..emitted }
+    }
+
+    fn last(&self, n: usize) -> &[Token] {
+        &self.answer.generated[self.answer.generated.len() - n..]
+    }
+}
+
+impl Live<'_> {
+    /// Takes one verified token into the answer and out to the sink, through the turn guard
+    /// where there is one (`turn_ended` is set to the margin where the guard ends the answer).
+    fn deliver(&mut self, v: &Verified, turn_ended: &mut Option<f32>) -> Flow {
+        let g = self.answer.push(v);
+        let started = self.started;
+        self.tally.token(|| started.elapsed().as_secs_f64());
+        let Some(guard) = self.guard.as_mut() else {
+            return (self.sink)(Event::Token(g));
+        };
+        match guard.push(g) {
+            emit::Guarded::Deliver(tokens) => deliver(self.sink, tokens),
+            emit::Guarded::End {
+                deliver: tokens,
+                dropped,
+            } => {
+                let kept = self.answer.tokens.len() - dropped;
+                *turn_ended = Some(self.answer.tokens[kept].margin);
+                self.answer.tokens.truncate(kept);
+                self.tally.dropped(dropped);
+                deliver(self.sink, tokens);
+                Flow::Cancel
+            }
+        }
+    }
+
+    /// Counts a played round and sends its event; whether the answer ends with it.
+    fn account_round(&mut self, p: &Played, policy: &Policy, clock: &Clock, t0: Instant) -> bool {
+        let plain = p.plain();
+        self.tally.timed(p.draft.time, p.t_verify, plain);
+        self.tally
+            .drafts(p.source, p.emitted.drafted, p.emitted.accepted);
+        let round = Event::Round {
+            source: p.source,
+            drafted: p.emitted.drafted,
+            accepted: p.emitted.accepted,
+            t_draft: p.draft.time,
+            t_draft_step: p.draft.step,
+            t_verify: p.t_verify,
+            stats: Box::new(self.stats(policy, clock)),
+        };
+        if (self.sink)(round) == Flow::Cancel {
+            self.cancelled = true;
+        }
+        self.tally.round_ended(t0.elapsed(), plain);
+        p.emitted.stop.is_some()
+    }
+
+    fn stats(&self, policy: &Policy, clock: &Clock) -> Stats {
+        account(
+            &self.tally,
+            self.target,
+            self.drafter.as_ref(),
+            policy,
+            clock,
+            self.cancelled,
+        )
+    }
+
+    /// The answer once its last round is played.
+    fn finish(mut self, policy: &Policy, clock: &Clock) -> Output {
+        if let Some(guard) = self.guard.as_mut()
+            && !self.cancelled
+        {
+            deliver(self.sink, guard.flush());
+        }
+        let tail = self.answer.text.finish();
+        if let Some(last) = self.answer.tokens.last_mut() {
+            last.text.push_str(&tail);
+        }
+        let stats = self.stats(policy, clock);
+        let text: String = self.answer.tokens.iter().map(|t| t.text.as_str()).collect();
+        (self.sink)(Event::Done(stats.clone()));
+        let produced = (self.answer.generated.iter().chain(&self.answer.end))
+            .map(|t| t.0)
+            .collect();
+        Output {
+            tokens: self.answer.tokens,
+            end_margin: self.answer.end_margin,
+            text,
+            produced,
+            eog: self.answer.end.is_some(),
+            stats,
+        }
+    }
 }
 
 /// Prefills both contexts with their prompts but the last token (reusing what their caches
@@ -371,8 +419,9 @@ struct Answer<'m> {
     /// The drafter's sequence: its prompt, then the answer.
     draft_seq: Vec<Token>,
     lookup: Option<Lookup>,
-    /// The target's margin where it chose end-of-generation, if it did.
+    /// The target's margin where it chose end-of-generation, if it did, and that token.
     end_margin: Option<f32>,
+    end: Option<Token>,
 }
 
 impl<'m> Answer<'m> {
@@ -391,6 +440,7 @@ impl<'m> Answer<'m> {
             draft_seq: draft_prompt.to_vec(),
             lookup: lookup.then(|| Lookup::new(draft_prompt, prompt)),
             end_margin: None,
+            end: None,
         }
     }
 
@@ -411,226 +461,6 @@ impl<'m> Answer<'m> {
         self.tokens.push(g.clone());
         g
     }
-}
-
-/// What a round will draft.
-struct Plan {
-    /// The fixed batch shape, while the context has room for it.
-    fixed: Option<usize>,
-    /// Whether that shape is one the policy chose among several (else `verify_batch`).
-    shaped: bool,
-    proposal: Option<Proposal>,
-    choice: adaptive::Choice,
-}
-
-/// The fixed batch shape of every round (1: none): `verify_batch`, where 0 on a GPU with the
-/// target as its own drafter is the shape the calibrated costs call for (a changing shape
-/// costs a CUDA graph capture, and such a drafter did not pay there:
-/// [`shapes::default_fixed`], 8 for SmolLM2 on an H100, none for Gemma 3 270M), else 1: a fixed
-/// shape drafts only lookups, and a drafter model of its own (or a CPU) needs the rounds' own
-/// lengths.
-pub fn verify_batch(
-    params: &EngineConfig,
-    on_gpu: bool,
-    self_spec: bool,
-    costs: &adaptive::Costs,
-) -> usize {
-    match params.verify_batch {
-        0 if on_gpu && self_spec => costs.default_fixed_shape(),
-        0 => 1,
-        g => g,
-    }
-}
-
-/// The shapes timed before the first answer: the policy's (`verify_shapes`), else 1, 2, 4, 8
-/// and 16 for the default fixed shape.
-fn shapes_to_time(params: &EngineConfig) -> Vec<usize> {
-    shapes::sizes(if params.verify_shapes > 1 {
-        params.verify_shapes
-    } else {
-        16
-    })
-}
-
-/// Chooses the round's draft: the lookup's proposal (if any) and the drafter's room are the
-/// options; the policy picks, except under a fixed batch shape, where the lookup is free.
-fn choose(
-    params: &EngineConfig,
-    fixed_shape: Option<usize>,
-    target: &Context,
-    drafter: Option<&Drafter<'_>>,
-    answer: &Answer<'_>,
-    policy: &mut Policy,
-) -> Plan {
-    let left = params.max_tokens - answer.generated.len();
-    let room = |g: usize| target.tokens().len() + g <= target.n_ctx();
-    let fixed = fixed_shape.filter(|&g| room(g));
-    let largest = policy.shape_sizes().last().copied();
-    let lookup_max = match (fixed, largest) {
-        (Some(g), _) => g - 1,
-        (None, Some(s)) => params.lookup_max.min(s - 1),
-        (None, None) => params.lookup_max,
-    };
-    // In a batch of a fixed size the padding is free: filled with a guess where no pair matches.
-    let filled = fixed.is_some() || largest.is_some();
-    let proposal = answer.lookup.as_ref().and_then(|l| {
-        let max = lookup_max.min(left - 1);
-        if filled {
-            l.propose_filled(max)
-        } else {
-            l.propose(max)
-        }
-    });
-    // Room for the drafts (and the decode of the last one) in the drafter's context.
-    let model_max = drafter.map_or(0, |d| {
-        let room = d.ctx.n_ctx().saturating_sub(answer.draft_seq.len() + 1);
-        params.gamma.min(left - 1).min(room)
-    });
-    let model_behind = drafter.map_or(0, |d| {
-        answer.draft_seq.len() - common_prefix(d.ctx.tokens(), &answer.draft_seq)
-    });
-    if largest.is_some()
-        && let Some(s) = policy.shape(left).filter(|&s| room(s))
-    {
-        // The batch costs the same whatever it holds: as much of the lookup as fits.
-        let k = proposal.as_ref().map_or(0, |p| p.tokens.len().min(s - 1));
-        let choice = match k {
-            0 => adaptive::Choice::NONE,
-            k => adaptive::Choice {
-                source: DraftSource::Lookup,
-                k,
-            },
-        };
-        return Plan {
-            fixed: Some(s),
-            shaped: true,
-            proposal,
-            choice,
-        };
-    }
-    let choice = match (fixed, proposal.as_ref()) {
-        // The batch costs the same whatever it holds: the whole lookup, or nothing.
-        (Some(_), Some(p)) => adaptive::Choice {
-            source: DraftSource::Lookup,
-            k: p.tokens.len(),
-        },
-        (Some(_), None) => adaptive::Choice::NONE,
-        (None, _) => policy.choose(adaptive::Candidates {
-            lookup: proposal.as_ref().map(|p| (p.match_len, p.tokens.len())),
-            model_max,
-            model_behind,
-            lookup_in_answer: proposal.as_ref().is_some_and(|p| p.in_answer),
-        }),
-    };
-    Plan {
-        fixed,
-        shaped: false,
-        proposal,
-        choice,
-    }
-}
-
-/// Drafts as planned: from the drafter model, or the lookup's tokens. The source is `None` when
-/// nothing was drafted.
-fn draft_round(
-    plan: &Plan,
-    drafter: Option<&mut Drafter<'_>>,
-    seq: &[Token],
-    params: &EngineConfig,
-    rng: &mut ChaCha8Rng,
-) -> Result<(DraftSource, Drafted)> {
-    let adaptive::Choice { source, k } = plan.choice;
-    let drafted = match (source, drafter, plan.proposal.as_ref()) {
-        (DraftSource::Model, Some(d), _) if k > 0 => draft(d.ctx, seq, params, k, rng)?,
-        (DraftSource::Lookup, _, Some(p)) => Drafted {
-            tokens: p.tokens[..k.min(p.tokens.len())].to_vec(),
-            ..Drafted::default()
-        },
-        _ => Drafted::default(),
-    };
-    let source = if drafted.tokens.is_empty() {
-        DraftSource::None
-    } else {
-        source
-    };
-    Ok((source, drafted))
-}
-
-/// Decodes `[pending, d1..dk]` in one batch (padded to the fixed shape), verifies the drafts
-/// and rolls the target back to `[.., pending, accepted drafts]`: the last verified token
-/// becomes the next pending one.
-fn verify_round(
-    target: &mut Context,
-    pending: Token,
-    draft: &Drafted,
-    fixed: Option<usize>,
-    settings: &Settings,
-    masked_out: &[usize],
-    rng: &mut ChaCha8Rng,
-) -> Result<Vec<Verified>> {
-    let base = target.tokens().len();
-    let mut batch = Vec::with_capacity(draft.tokens.len().max(fixed.unwrap_or(0)) + 1);
-    batch.push(pending);
-    batch.extend_from_slice(&draft.tokens);
-    if let Some(g) = fixed {
-        // Padding after the drafts: causal attention keeps it out of their logits, and the
-        // rollback below removes it with the rejected drafts. Its logits are asked for too:
-        // the number of outputs is part of the graph's shape.
-        batch.resize(g.max(batch.len()), pending);
-    }
-    target.decode_all(&batch)?;
-    let logits: &Context = target;
-    let verified = verify::verify(
-        |i| logits.logits(i),
-        &draft.tokens,
-        &draft.qs,
-        settings,
-        masked_out,
-        rng,
-    );
-    let accepted = verified
-        .iter()
-        .filter(|v| v.kind == TokenKind::Accepted)
-        .count();
-    target.truncate(base + 1 + accepted)?;
-    Ok(verified)
-}
-
-/// What a round tells the policy: its source, how much of the draft the target accepted, and
-/// what it cost (also traced).
-fn measured(
-    plan: &Plan,
-    source: DraftSource,
-    draft: &Drafted,
-    verified: &[Verified],
-    t_draft: Duration,
-    t_verify: Duration,
-) -> adaptive::Round {
-    let accepted = verified
-        .iter()
-        .filter(|v| v.kind == TokenKind::Accepted)
-        .count();
-    let round = adaptive::Round {
-        source,
-        match_len: plan.proposal.as_ref().map_or(0, |p| p.match_len),
-        lookup_in_answer: plan.proposal.as_ref().is_some_and(|p| p.in_answer),
-        drafted: draft.tokens.len(),
-        accepted,
-        rejected: accepted < draft.tokens.len(),
-        t_draft,
-        t_draft_step: draft.step,
-        t_verify,
-    };
-    tracing::trace!(
-        ?source,
-        proposed = plan.proposal.as_ref().map_or(0, |p| p.tokens.len()),
-        match_len = round.match_len,
-        k = round.drafted,
-        accepted,
-        verify_ms = t_verify.as_secs_f64() * 1e3,
-        "round"
-    );
-    round
 }
 
 /// When decoding started, how long the contexts had been busy in llama.cpp by then, and the
@@ -672,118 +502,6 @@ fn account(
         shape_switches: policy.shape_switches(),
         cancelled,
     })
-}
-
-/// Measures the target's verification time for a few batch sizes, once per engine, so that the
-/// policy's first choices rest on this machine's costs rather than a guess (on a GPU a batch
-/// shape's first decode is slow: each is run once before it is timed). The batches are rolled
-/// back: the cache is as before.
-fn calibrate(
-    target: &mut Context,
-    pending: Token,
-    params: &EngineConfig,
-    policy: &mut Policy,
-) -> Result<()> {
-    let mut sizes =
-        adaptive::calibration_sizes(params.gamma, params.lookup.then_some(params.lookup_max));
-    let base = target.tokens().len();
-    sizes.retain(|&g| base + g <= target.n_ctx());
-    let passes = if target.on_gpu() { 2 } else { 1 };
-    for pass in 0..passes {
-        for &g in &sizes {
-            // The plain step is what every draft is judged against: timed three times, so that
-            // one burst of another program's work cannot set it.
-            let times = if g == 1 { 3 } else { 1 };
-            for _ in 0..times {
-                let t = timed_verification(target, &vec![pending; g])?;
-                if pass + 1 == passes {
-                    policy.record_verify(g, t);
-                }
-            }
-        }
-    }
-    let ms: Vec<String> = policy
-        .costs()
-        .verify_curve()
-        .iter()
-        .map(|(g, t)| format!("{g}:{:.1}", t * 1e3))
-        .collect();
-    tracing::debug!(
-        ?sizes,
-        passes,
-        ms = ms.join(" "),
-        "verification costs calibrated"
-    );
-    Ok(())
-}
-
-/// Decodes `batch` after the cache and takes the argmax at every position, as a round verifies,
-/// then rolls the cache back; returns the time.
-pub fn timed_verification(target: &mut Context, batch: &[Token]) -> Result<Duration> {
-    let base = target.tokens().len();
-    let started = Instant::now();
-    target.decode_all(batch)?;
-    for i in 0..batch.len() {
-        std::hint::black_box(argmax_margin(target.logits(i)));
-    }
-    let t = started.elapsed();
-    target.truncate(base)?;
-    Ok(t)
-}
-
-/// Times each fixed verification shape, once per engine: five batches in a row, where on a GPU
-/// the first runs without a CUDA graph, the second captures one and the others replay it (their
-/// median is the steady time; the first two's extra is what a change of shape costs). On a GPU
-/// the whole is run twice and the second pass kept (a shape's very first batch pays one-time
-/// set-up). The batches are rolled back: the cache is as before.
-fn calibrate_shapes(
-    target: &mut Context,
-    pending: Token,
-    sizes: &[usize],
-    policy: &mut Policy,
-) -> Result<()> {
-    let base = target.tokens().len();
-    let sizes: Vec<usize> = sizes
-        .iter()
-        .copied()
-        .filter(|&g| base + g <= target.n_ctx())
-        .collect();
-    let passes = if target.on_gpu() { 2 } else { 1 };
-    let mut seen = Vec::with_capacity(sizes.len());
-    for pass in 0..passes {
-        for &g in &sizes {
-            let mut times = [Duration::ZERO; 5];
-            for t in &mut times {
-                *t = timed_verification(target, &vec![pending; g])?;
-            }
-            if pass + 1 == passes {
-                // The steady time: the median of the three replays (one may catch a hiccup).
-                let mut replays = [times[2], times[3], times[4]];
-                replays.sort_unstable();
-                let steady = replays[1];
-                let switch = (times[0] + times[1]).saturating_sub(steady * 2);
-                policy.record_shape(g, steady, switch);
-                seen.push((g, times.map(|t| (t.as_secs_f64() * 1e5).round() / 1e2)));
-            }
-        }
-    }
-    tracing::info!(
-        ?seen,
-        passes,
-        "verification shapes calibrated (size, ms of five batches in a row)"
-    );
-    Ok(())
-}
-
-/// A round's draft.
-#[derive(Default)]
-struct Drafted {
-    tokens: Vec<Token>,
-    /// The drafter's distribution at each draft (and after the last where transfer needs it);
-    /// empty in greedy mode without transfer, where only the argmax matters, and for lookups.
-    qs: Vec<Vec<f32>>,
-    /// The mean time of a drafter step after the first decode (which also catches up).
-    step: Option<Duration>,
 }
 
 /// Drafts up to `max` tokens after `seq` with the drafter. Stops early when the drafter's
@@ -848,5 +566,6 @@ fn draft(
         tokens: drafts,
         qs,
         step: (steps > 0).then(|| steps_started.elapsed() / steps),
+        time: Duration::ZERO,
     })
 }

@@ -40,8 +40,8 @@ impl Proposal {
 
 /// The haystack and an index from each token pair to the positions that follow it: the latest
 /// in a map, each earlier one chained from the next (an answer's lookup indexes the whole prompt
-/// before its first token, so the index takes no allocation per pair and a fast hash: about
-/// 1 ms for 10K tokens with a vector per pair and SipHash, a step's worth on a GPU).
+/// before its first token, so the index takes no allocation per pair and a fast hash: a vector
+/// per pair and SipHash cost about a GPU step's worth on a long prompt).
 pub struct Lookup {
     hay: Vec<Token>,
     /// Where the live sequence starts in `hay` (before it: the retrieved chunks).

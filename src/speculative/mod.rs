@@ -4,10 +4,13 @@
 
 pub mod account;
 pub mod adaptive;
+pub mod calibrate;
 pub mod decode;
 pub mod emit;
+pub mod estimate;
 pub mod lookup;
 pub mod replay;
+pub mod round;
 pub mod sampling;
 pub mod shapes;
 pub mod verify;
@@ -17,6 +20,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::Mode;
+
+/// Where a round's draft came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DraftSource {
+    /// No draft: one target step.
+    None,
+    /// The continuation of an earlier occurrence of the recent tokens.
+    Lookup,
+    /// The drafter model.
+    Model,
+}
 
 /// Where a generated token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,10 +71,13 @@ pub enum Event {
     Token(GenToken),
     Round {
         /// Where the draft came from (`None`: a plain target step).
-        source: adaptive::DraftSource,
+        source: DraftSource,
         drafted: usize,
         accepted: usize,
         t_draft: Duration,
+        /// The mean time of the drafter's steps after its first (catch-up) decode, if it made
+        /// any.
+        t_draft_step: Option<Duration>,
         t_verify: Duration,
         /// The statistics of the answer so far (computed as those of `Done` are; boxed to keep
         /// every event as small as `Done`).

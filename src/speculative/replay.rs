@@ -10,8 +10,12 @@
 
 use std::time::Duration;
 
+use super::TokenKind;
 use super::adaptive::{self, Costs, DraftSource, Policy};
+use super::emit::{Emitted, Stop};
 use super::lookup::Lookup;
+use super::round::{self, Backend as _, Drafted, Played};
+use super::verify::Verified;
 use crate::llm::Token;
 
 /// Verification time per batch size: `times[g - 1]` is `t(g)` in seconds, for `g` from 1.
@@ -234,19 +238,30 @@ impl Projection {
     }
 }
 
-/// What a replay reads: the prompts, the target's greedy answer and, at each of its positions,
-/// the drafter's own greedy continuation with its probability for each token (empty: no
-/// drafter).
+/// What a replay reads: the prompts, what the target produced and, at each position of it, the
+/// drafter's own greedy continuation with its probability for each token (empty: no drafter).
 #[derive(Debug, Clone, Copy)]
 pub struct Case<'a> {
     /// What the drafter saw (the retrieved chunks), looked in by lookups.
     pub draft_prompt: &'a [Token],
     pub prompt: &'a [Token],
+    /// The tokens the rounds produce, in order: the answer's, those of a turn marker it was cut
+    /// at, and (with `eog`) the end-of-generation token that ended it (not emitted).
     pub answer: &'a [Token],
     pub drafts: &'a [Vec<(Token, f32)>],
+    /// Whether `answer`'s last token is the end-of-generation token.
+    pub eog: bool,
+    /// The answer's token limit as the decode loop had it (None: the answer's own length, as
+    /// if the policy knew where it ends).
+    pub max_tokens: Option<usize>,
 }
 
 impl Case<'_> {
+    /// The tokens a plain decode emits (the end-of-generation token is produced, not emitted).
+    fn emitted(&self) -> usize {
+        self.answer.len() - usize::from(self.eog)
+    }
+
     /// The lookup proposals along the answer that rounds of their own lengths draft (none with
     /// lookups off).
     fn lookups(&self, r: &Replaying) -> Vec<Option<(super::lookup::Proposal, usize)>> {
@@ -264,106 +279,367 @@ impl Case<'_> {
     }
 }
 
-/// Replays rapid's policy on `case` with the target's verification costs `target` and the
-/// drafter's step costs `drafter` (None: no drafter model, lookups only), starting from `costs`
-/// (the estimates an engine carries from answer to answer). Mirrors the decode loop: the
-/// policy chooses each round from the lookup's proposal and the drafter's room, the drafter
-/// decodes the tokens it is behind in one batch then one step per further draft (the last draft
-/// is not decoded), stops drafting below `draft_confidence`, and keeps its accepted drafts.
+/// What a round cost, as the decode loop measured it (its `Round` event).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundCost {
+    pub t_draft: Duration,
+    pub t_draft_step: Option<Duration>,
+    pub t_verify: Duration,
+}
+
+/// Where a replay's costs come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Costing<'a> {
+    /// Cost curves: the target's verification by batch size, and the drafter's (None: no
+    /// drafter model, lookups only).
+    Curves {
+        target: &'a CostCurve,
+        drafter: Option<&'a CostCurve>,
+    },
+    /// The costs a live answer measured, round by round, and its guess of a drafter step's cost
+    /// relative to a target step: a replay of that answer makes the live loop's choices.
+    Measured { rounds: &'a [RoundCost], hint: f64 },
+}
+
+/// Replays rapid's policy on `case` with the costs of `costing`, starting from `costs` (the
+/// estimates an engine carries from answer to answer), through the round driver the decode loop
+/// runs ([`super::round`]): the policy plans each round from the lookup's proposal and the
+/// drafter's room, the drafter decodes the tokens it is behind in one batch then one step per
+/// further draft (the last draft is not decoded), stops drafting below `draft_confidence`, and
+/// keeps its accepted drafts. With `verify_shapes` (the policy choosing among shapes of 1, 2, 4,
+/// … tokens, see [`super::shapes`]) or `verify_batch` (every round in one shape), each round
+/// verifies as much of the lookup as its shape holds, padded, lookups only.
 pub fn project(
     case: &Case<'_>,
-    target: &CostCurve,
-    drafter: Option<&CostCurve>,
+    costing: Costing<'_>,
     r: &Replaying,
     costs: Costs,
 ) -> (Projection, Costs) {
-    let Case {
-        draft_prompt,
-        answer,
-        drafts,
-        ..
-    } = *case;
-    let n = answer.len();
-    let props = case.lookups(r);
-    let drafter = drafter.filter(|_| r.drafter);
-    let hint = drafter.map_or(1.0, |d| d.t(1) / target.t(1));
-    let mut policy = Policy::new(r.adaptive, hint).with_costs(costs);
-    if r.switch_s > 0.0 && r.verify_batch != 1 {
-        policy = policy.with_graphs(target.t(1), r.switch_s);
+    project_logged(case, costing, r, costs, &mut Vec::new())
+}
+
+/// A round of a replay, as `Round` events tell the decode loop's: where its draft came from,
+/// how many tokens it drafted, and how many of them the target accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logged {
+    pub source: DraftSource,
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+/// [`project`], with each round written to `log`.
+pub fn project_logged(
+    case: &Case<'_>,
+    costing: Costing<'_>,
+    r: &Replaying,
+    costs: Costs,
+    log: &mut Vec<Logged>,
+) -> (Projection, Costs) {
+    let shaped = r.verify_shapes > 1;
+    let fixed = (!shaped && r.verify_batch > 1).then_some(r.verify_batch);
+    let (mut policy, drafter) = replay_policy_for(costing, r, costs, shaped || fixed.is_some());
+    if shaped {
+        policy = policy.with_shapes(r.verify_shapes);
+        if let Costing::Curves { target, .. } = costing
+            && !policy.shapes_calibrated()
+        {
+            for s in super::shapes::sizes(r.verify_shapes) {
+                policy.calibrate_shape(s, target.duration(s), Duration::from_secs_f64(r.switch_s));
+            }
+        }
     }
-    let mut graph = Graph::default();
-    let mut p = Projection {
-        tokens: n,
-        plain_s: n as f64 * target.t(1),
-        ..Projection::default()
+    let rules = round::Rules {
+        gamma: r.gamma,
+        lookup: r.lookup || shaped || fixed.is_some(),
+        lookup_max: r.lookup_max,
+        fixed_shape: fixed,
     };
-    // The drafter's cache holds its prompt but the last token (prefilled), then what it decoded.
-    let base = draft_prompt.len();
-    let mut cached = base.saturating_sub(1);
-    let mut i = 0;
-    while i < n {
-        let left = n - i;
-        let prop = props[i].as_ref();
-        let seq_len = base + i;
-        let choice = policy.choose(adaptive::Candidates {
-            lookup: prop.map(|(q, _)| (q.match_len, q.tokens.len())),
-            model_max: drafter.map_or(0, |_| r.gamma.min(left - 1)),
-            model_behind: seq_len - cached.min(seq_len),
-            lookup_in_answer: prop.is_some_and(|(q, _)| q.in_answer),
+    let mut b = Replayed::new(case, costing, r, drafter, shaped || fixed.is_some());
+    while b.left() > 0 && b.i < case.answer.len() {
+        let Ok(played) = round::play(&mut b, &mut policy, &rules) else {
+            break;
+        };
+        b.account(&played);
+        log.push(Logged {
+            source: played.source,
+            drafted: played.emitted.drafted,
+            accepted: played.emitted.accepted,
         });
-        let (mut source, mut k, mut accepted, mut t_draft, mut step) =
-            (choice.source, 0, 0, 0.0, None);
-        match (choice.source, prop, drafter) {
-            (DraftSource::Lookup, Some((q, agree)), _) => {
-                k = choice.k.min(q.tokens.len());
-                accepted = (*agree).min(k);
-            }
-            (DraftSource::Model, _, Some(d)) => {
-                let cont = &drafts[i];
-                let max = choice.k.min(cont.len());
-                // The decode loop's draft(): stop at `max` or below the confidence threshold.
-                k = cont[..max]
-                    .iter()
-                    .position(|&(_, prob)| prob < r.draft_confidence)
-                    .unwrap_or(max);
-                let by_confidence = k < max;
-                let behind = (seq_len - cached.min(seq_len)).max(1);
-                let steps = if by_confidence {
-                    k
-                } else {
-                    k.saturating_sub(1)
-                };
-                t_draft = d.t(behind) + steps as f64 * d.t(1);
-                step = (steps > 0).then(|| Duration::from_secs_f64(d.t(1)));
-                accepted = (cont[..k].iter().zip(&answer[i..]))
-                    .take_while(|(d, a)| d.0 == **a)
-                    .count();
-                cached = seq_len + accepted.min(steps);
-            }
-            _ => source = DraftSource::None,
+        if played.emitted.stop.is_some() {
+            break;
         }
-        if k == 0 {
-            source = DraftSource::None;
-        }
-        let produced = (accepted + 1).min(left);
-        let t_verify = target.t(k + 1) + graph.extra(k + 1, r.switch_s);
-        policy.record(adaptive::Round {
-            source,
-            match_len: prop.map_or(0, |(q, _)| q.match_len),
-            lookup_in_answer: prop.is_some_and(|(q, _)| q.in_answer),
-            drafted: k,
-            accepted,
-            rejected: accepted < k,
-            t_draft: Duration::from_secs_f64(t_draft),
-            t_draft_step: step,
-            t_verify: Duration::from_secs_f64(t_verify),
-        });
-        let declined = prop.filter(|_| source != DraftSource::Lookup);
-        policy.observe_round(declined.map(|(q, _)| q), &answer[i..i + produced]);
-        p.add_round(source, k, accepted, produced, t_verify, t_draft);
-        i += produced;
     }
-    (p, policy.costs().clone())
+    b.p.shape_switches = policy.shape_switches();
+    (b.p, policy.costs().clone())
+}
+
+/// The policy a replay starts with (from `costs`), and whether the drafter model drafts: with
+/// fixed shapes (`shaped`), lookups only and a policy that always adapts; else priced for a
+/// GPU's changes of batch shape where `r` says they cost.
+fn replay_policy_for(
+    costing: Costing<'_>,
+    r: &Replaying,
+    costs: Costs,
+    shaped: bool,
+) -> (Policy, bool) {
+    match costing {
+        Costing::Curves { .. } if shaped => (Policy::new(true, 1.0).with_costs(costs), false),
+        Costing::Curves { target, drafter } => {
+            let drafter = drafter.filter(|_| r.drafter);
+            let hint = drafter.map_or(1.0, |d| d.t(1) / target.t(1));
+            let mut p = Policy::new(r.adaptive, hint).with_costs(costs);
+            if r.switch_s > 0.0 && r.verify_batch != 1 {
+                p = p.with_graphs(target.t(1), r.switch_s);
+            }
+            (p, drafter.is_some())
+        }
+        Costing::Measured { hint, .. } => {
+            (Policy::new(r.adaptive, hint).with_costs(costs), r.drafter)
+        }
+    }
+}
+
+/// An answer being replayed: the backend of the round driver on a recorded answer.
+struct Replayed<'a> {
+    case: &'a Case<'a>,
+    costing: Costing<'a>,
+    r: &'a Replaying,
+    drafter: bool,
+    /// The tokens produced so far, and the lookup's index of the text.
+    i: usize,
+    lookup: Lookup,
+    /// The drafter's cache: its prompt but the last token (prefilled), then what it decoded;
+    /// and the steps of the round under way's draft, where the drafter drafted (it caught up
+    /// first, whatever it then drafted).
+    cached: usize,
+    steps: Option<usize>,
+    /// Rounds played (with measured costs, the next one's index).
+    rounds: usize,
+    /// Rounds at fixed shapes start in their first shape, paid for with the prefill; rounds of
+    /// their own lengths in plain steps.
+    shaped: bool,
+    graph: Option<Graph>,
+    /// The round's times in seconds as the curves give them (the policy sees them in whole
+    /// nanoseconds, as a clock would; the projection adds them up unrounded).
+    t_draft: f64,
+    t_verify: f64,
+    p: Projection,
+}
+
+impl<'a> Replayed<'a> {
+    fn new(
+        case: &'a Case<'a>,
+        costing: Costing<'a>,
+        r: &'a Replaying,
+        drafter: bool,
+        shaped: bool,
+    ) -> Self {
+        let t1 = match costing {
+            Costing::Curves { target, .. } => target.t(1),
+            Costing::Measured { .. } => 0.0,
+        };
+        Self {
+            case,
+            costing,
+            r,
+            drafter,
+            i: 0,
+            lookup: Lookup::new(case.draft_prompt, case.prompt),
+            cached: case.draft_prompt.len().saturating_sub(1),
+            steps: None,
+            rounds: 0,
+            shaped,
+            graph: None,
+            t_draft: 0.0,
+            t_verify: 0.0,
+            p: Projection {
+                tokens: case.emitted(),
+                // Plain decoding pays a step for the end-of-generation token too.
+                plain_s: case.answer.len() as f64 * t1,
+                ..Projection::default()
+            },
+        }
+    }
+
+    fn measured(&self) -> Option<&RoundCost> {
+        match self.costing {
+            Costing::Measured { rounds, .. } => rounds.get(self.rounds),
+            Costing::Curves { .. } => None,
+        }
+    }
+
+    /// Counts a played round into the projection.
+    fn account(&mut self, played: &Played) {
+        self.rounds += 1;
+        let ended = matches!(played.emitted.stop, Some(Stop::EndOfGeneration { .. }));
+        self.p.add_round(
+            played.source,
+            played.draft.tokens.len(),
+            played.accepted(),
+            played.emitted.emitted + usize::from(ended),
+            self.t_verify,
+            self.t_draft,
+        );
+        // The next round's drafter time is its own (none unless the drafter drafts).
+        self.t_draft = 0.0;
+    }
+}
+
+impl round::Backend for Replayed<'_> {
+    fn left(&self) -> usize {
+        let limit = self.case.max_tokens.unwrap_or(self.case.emitted());
+        limit.saturating_sub(self.i)
+    }
+
+    fn propose(&self, max: usize, filled: bool) -> Option<super::lookup::Proposal> {
+        if filled {
+            self.lookup.propose_filled(max)
+        } else {
+            self.lookup.propose(max)
+        }
+    }
+
+    fn drafter(&self) -> Option<(usize, usize)> {
+        let seq_len = self.case.draft_prompt.len() + self.i;
+        self.drafter
+            .then(|| (usize::MAX / 2, seq_len - self.cached.min(seq_len)))
+    }
+
+    fn fits(&self, _: usize) -> bool {
+        true
+    }
+
+    fn draft(&mut self, k: usize) -> anyhow::Result<Drafted> {
+        let cont = self.case.drafts.get(self.i).map_or(&[][..], Vec::as_slice);
+        let max = k.min(cont.len());
+        // The decode loop's draft(): stop at `max` or below the confidence threshold.
+        let n = cont[..max]
+            .iter()
+            .position(|&(_, prob)| prob < self.r.draft_confidence)
+            .unwrap_or(max);
+        let steps = if n < max { n } else { n.saturating_sub(1) };
+        let seq_len = self.case.draft_prompt.len() + self.i;
+        let behind = (seq_len - self.cached.min(seq_len)).max(1);
+        self.steps = Some(steps);
+        let (time, step) = match (self.measured(), self.costing) {
+            (Some(m), _) => (m.t_draft.as_secs_f64(), m.t_draft_step),
+            (
+                None,
+                Costing::Curves {
+                    drafter: Some(d), ..
+                },
+            ) => (
+                d.t(behind) + steps as f64 * d.t(1),
+                (steps > 0).then(|| d.duration(1)),
+            ),
+            _ => (0.0, None),
+        };
+        self.t_draft = time;
+        let time = Duration::from_secs_f64(time);
+        Ok(Drafted {
+            tokens: cont[..n].iter().map(|d| d.0).collect(),
+            qs: Vec::new(),
+            step,
+            time,
+        })
+    }
+
+    fn verify(
+        &mut self,
+        draft: &Drafted,
+        shape: Option<usize>,
+        _: DraftSource,
+    ) -> anyhow::Result<(Vec<Verified>, Duration)> {
+        let rest = &self.case.answer[self.i..];
+        let accepted = (draft.tokens.iter().zip(rest))
+            .take_while(|(d, a)| d == a)
+            .count();
+        if let Some(steps) = self.steps.take() {
+            let seq_len = self.case.draft_prompt.len() + self.i;
+            self.cached = seq_len + accepted.min(steps);
+        }
+        let mut out: Vec<Verified> = rest[..accepted]
+            .iter()
+            .map(|&token| Verified {
+                token,
+                kind: TokenKind::Accepted,
+                margin: 0.0,
+            })
+            .collect();
+        if let Some(&token) = rest.get(accepted) {
+            let kind = match (draft.tokens.len(), accepted == draft.tokens.len()) {
+                (0, _) => TokenKind::Target,
+                (_, true) => TokenKind::Bonus,
+                (_, false) => TokenKind::Corrected,
+            };
+            out.push(Verified {
+                token,
+                kind,
+                margin: 0.0,
+            });
+        }
+        let g = shape.unwrap_or(draft.tokens.len() + 1);
+        self.t_verify = match (self.measured().copied(), self.costing) {
+            (Some(m), _) => m.t_verify.as_secs_f64(),
+            (None, Costing::Curves { target, .. }) => {
+                let shaped = self.shaped;
+                let graph = self.graph.get_or_insert_with(|| {
+                    if shaped {
+                        Graph { size: g, calls: 2 }
+                    } else {
+                        Graph::default()
+                    }
+                });
+                target.t(g) + graph.extra(g, self.r.switch_s)
+            }
+            _ => 0.0,
+        };
+        Ok((out, Duration::from_secs_f64(self.t_verify)))
+    }
+
+    fn emit(&mut self, verified: &[Verified], drafted: usize) -> Emitted {
+        let eog_at = self.case.eog.then(|| self.case.answer.len() - 1);
+        let room = self.left();
+        let (mut emitted, mut considered, mut accepted) = (0, 0, 0);
+        let mut stop = None;
+        for v in verified {
+            considered += 1;
+            if v.kind == TokenKind::Accepted {
+                accepted += 1;
+            }
+            if eog_at == Some(self.i) {
+                stop = Some(Stop::EndOfGeneration { margin: 0.0 });
+                break;
+            }
+            if emitted >= room {
+                stop = Some(Stop::Limit);
+                break;
+            }
+            emitted += 1;
+            self.lookup.push(v.token);
+            self.i += 1;
+            // The end of what the target produced: the turn marker it was cut at, or the end
+            // of an answer recorded without its ending.
+            if self.i == self.case.answer.len() {
+                stop = Some(Stop::Cancelled);
+                break;
+            }
+        }
+        Emitted {
+            emitted,
+            stop,
+            drafted: if stop.is_some() {
+                drafted.min(considered)
+            } else {
+                drafted
+            },
+            accepted,
+        }
+    }
+
+    fn last(&self, n: usize) -> &[Token] {
+        &self.case.answer[self.i - n..self.i]
+    }
 }
 
 /// The share of a change of batch shape's extra time that its first batch, run without a CUDA
@@ -401,94 +677,6 @@ impl Graph {
     }
 }
 
-/// Replays verification in fixed shapes, as the decode loop does with `verify_shapes` (the
-/// policy choosing among shapes of 1, 2, 4, … tokens, see [`super::shapes`]) or `verify_batch`
-/// (every round in one shape): each round verifies as much of the lookup as its shape holds,
-/// padded, at the shape's time on `target`; the two rounds after a change of shape cost
-/// `switch_s` more between them ([`Graph`]), except the answer's first two, which plain steps
-/// pay as well. Lookups only.
-pub fn project_shaped(
-    case: &Case<'_>,
-    target: &CostCurve,
-    r: &Replaying,
-    costs: Costs,
-) -> (Projection, Costs) {
-    let Case {
-        draft_prompt,
-        prompt,
-        answer,
-        ..
-    } = *case;
-    let n = answer.len();
-    let fixed = (r.verify_shapes <= 1).then_some(r.verify_batch.max(1));
-    let largest = fixed.unwrap_or(r.verify_shapes);
-    let props = proposals(
-        draft_prompt,
-        prompt,
-        answer,
-        r.lookup_max.min(largest - 1),
-        true,
-    );
-    let mut policy = Policy::new(true, 1.0).with_costs(costs);
-    if fixed.is_none() {
-        policy = policy.with_shapes(largest);
-        if !policy.shapes_calibrated() {
-            for s in super::shapes::sizes(largest) {
-                policy.record_shape(s, target.duration(s), Duration::from_secs_f64(r.switch_s));
-            }
-        }
-    }
-    let mut p = Projection {
-        tokens: n,
-        plain_s: n as f64 * target.t(1),
-        ..Projection::default()
-    };
-    // The answer's first shape is paid for with the prefill, as plain steps pay theirs.
-    let mut graph: Option<Graph> = None;
-    let mut i = 0;
-    while i < n {
-        let left = n - i;
-        let prop = props[i].as_ref();
-        let shape = fixed.or_else(|| policy.shape(left)).unwrap_or(1);
-        let extra = graph
-            .get_or_insert(Graph {
-                size: shape,
-                calls: 2,
-            })
-            .extra(shape, r.switch_s);
-        let (k, agree) = prop.map_or((0, 0), |(q, agree)| (q.tokens.len().min(shape - 1), *agree));
-        let accepted = agree.min(k);
-        let source = if k > 0 {
-            DraftSource::Lookup
-        } else {
-            DraftSource::None
-        };
-        let produced = (accepted + 1).min(left);
-        let t_verify = target.t(shape) + extra;
-        let round = adaptive::Round {
-            source,
-            match_len: prop.map_or(0, |(q, _)| q.match_len),
-            lookup_in_answer: prop.is_some_and(|(q, _)| q.in_answer),
-            drafted: k,
-            accepted,
-            rejected: accepted < k,
-            t_draft: Duration::ZERO,
-            t_draft_step: None,
-            t_verify: Duration::from_secs_f64(t_verify),
-        };
-        if fixed.is_none() {
-            policy.record_shaped(round);
-            policy.observe_shapes(prop.map(|(q, _)| q), &answer[i..i + produced]);
-            let declined = prop.filter(|_| source != DraftSource::Lookup);
-            policy.observe_round(declined.map(|(q, _)| q), &answer[i..i + produced]);
-        }
-        p.add_round(source, k, accepted, produced, t_verify, 0.0);
-        i += produced;
-    }
-    p.shape_switches = policy.shape_switches();
-    (p, policy.costs().clone())
-}
-
 /// Replays the adaptive policy (starting from `costs`, e.g. a calibration with `curve`) on the
 /// greedy `answer` to a `prompt` whose drafter saw `extra`, with lookups and plain steps only
 /// (see [`project`]). Returns the replay and the costs it ends with (for the next answer).
@@ -505,6 +693,8 @@ pub fn replay_policy(
         prompt,
         answer,
         drafts: &[],
+        eog: false,
+        max_tokens: None,
     };
     let lookups_only = Replaying {
         gamma: 1,
@@ -517,7 +707,11 @@ pub fn replay_policy(
         verify_batch: 0,
         switch_s: 0.0,
     };
-    let (p, costs) = project(&case, curve, None, &lookups_only, costs);
+    let costing = Costing::Curves {
+        target: curve,
+        drafter: None,
+    };
+    let (p, costs) = project(&case, costing, &lookups_only, costs);
     let replay = Replay {
         tokens: p.tokens,
         rounds: p.rounds,
@@ -718,6 +912,8 @@ mod tests {
             prompt: &prompt,
             answer: &answer,
             drafts: &[],
+            eog: false,
+            max_tokens: None,
         };
         let run = |switch_s: f64, verify_batch: usize| {
             let r = Replaying {
@@ -732,7 +928,16 @@ mod tests {
                 switch_s,
             };
             let costs = calibrated(&curve, 1, 16, switch_s);
-            project(&case, &curve, None, &r, costs).0
+            project(
+                &case,
+                Costing::Curves {
+                    target: &curve,
+                    drafter: None,
+                },
+                &r,
+                costs,
+            )
+            .0
         };
         let free = run(0.0, 0);
         let unpriced = run(0.003, 1);
@@ -795,6 +1000,8 @@ mod tests {
             prompt: &prompt,
             answer: &answer,
             drafts: &[],
+            eog: false,
+            max_tokens: None,
         };
         // An H100's SmolLM2 (ms): a change of shape costs about four steps.
         let curve = CostCurve::parse("1:1.3,2:1.45,4:1.81,8:2.13,16:4.06", 17).unwrap();
@@ -804,13 +1011,28 @@ mod tests {
             switch_s,
             ..replaying(false)
         };
-        let (one, _) = project_shaped(&case, &curve, &shaped(0, 4, 0.005), Costs::default());
+        let (one, _) = project(
+            &case,
+            Costing::Curves {
+                target: &curve,
+                drafter: None,
+            },
+            &shaped(0, 4, 0.005),
+            Costs::default(),
+        );
         let fixed = replay_fixed(&[], &prompt, &answer, 4, curve.t(4));
         assert_eq!((one.rounds, one.accepted), (fixed.rounds, fixed.accepted));
         assert!((one.verify_s - fixed.seconds).abs() < 1e-9);
         assert_eq!(one.shape_switches, 0);
-        let (policy, costs) =
-            project_shaped(&case, &curve, &shaped(16, 0, 0.005), Costs::default());
+        let (policy, costs) = project(
+            &case,
+            Costing::Curves {
+                target: &curve,
+                drafter: None,
+            },
+            &shaped(16, 0, 0.005),
+            Costs::default(),
+        );
         assert_eq!(policy.tokens, answer.len());
         assert!(policy.shape_switches >= 1, "{policy:?}");
         assert!(
@@ -825,7 +1047,15 @@ mod tests {
             answer: &plain,
             ..case
         };
-        let (p, _) = project_shaped(&case, &curve, &shaped(16, 0, 0.005), costs);
+        let (p, _) = project(
+            &case,
+            Costing::Curves {
+                target: &curve,
+                drafter: None,
+            },
+            &shaped(16, 0, 0.005),
+            costs,
+        );
         assert!(p.shape_switches <= 1, "{p:?}");
         assert!(p.speedup() > 0.9, "{p:?}: {:.2}x", p.speedup());
     }
@@ -860,8 +1090,10 @@ mod tests {
             prompt: &prompt,
             answer: &answer,
             drafts: &drafts,
+            eog: false,
+            max_tokens: None,
         };
-        project(&case, target, drafter, r, costs)
+        project(&case, Costing::Curves { target, drafter }, r, costs)
     }
 
     /// Each position's drafts, as (token, the drafter's probability).
@@ -943,6 +1175,8 @@ mod tests {
                 prompt: &prompt,
                 answer: &answer,
                 drafts: &drafts,
+                eog: false,
+                max_tokens: None,
             };
             best_speedup(&case, &target, Some(&drafter), &replaying(with_drafter))
         };

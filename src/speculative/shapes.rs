@@ -2,7 +2,7 @@
 //! only while the batch keeps its shape, and the llama.cpp we build on keeps one graph per
 //! context: a batch of a new shape runs without a graph, the next one captures it anew, and only
 //! the third is replayed. A loop whose batch follows each draft's length pays that at nearly
-//! every round (on an H100, SmolLM2's one-token step took 2.07 ms so, 1.26 ms replayed).
+//! every round (a step without its graph costs most of a step more).
 //!
 //! So every round is padded up to one of a few shapes (1, 2, 4, … up to the largest), and the
 //! shape changes only when another one promises clearly less time per token over the tokens to
@@ -21,7 +21,7 @@
 //! short to pay for the change back). A change's own cost (several steps on a GPU) is paid for
 //! by the tokens it is expected to save, and does not count against the budget.
 
-use super::adaptive::Mean;
+use super::estimate::Mean;
 
 /// How much more tokens per second another shape must promise before the loop changes to it.
 const MARGIN: f64 = 1.10;
@@ -56,13 +56,12 @@ pub fn sizes(largest: usize) -> Vec<usize> {
 /// The default fixed shape's limits: the shape is the largest whose batch costs at most
 /// `MAX_PADDED` plain steps, and none where that holds fewer than `MIN_FIXED` tokens. Every
 /// round then costs that batch, a round of prose too (about 1.5 tokens a round with the filled
-/// padding): it pays only where loops make up for it with long drafts. On an H100 SmolLM2
-/// (49K-token vocabulary) verifies 2 tokens in 1.1-1.2 steps, 4 in 1.4-1.6, 8 in 1.6-1.9 and 16
-/// in 3.1-3.4: a fixed 8 measured 2.14-2.27x over AR, a fixed 4 1.85-1.96x. Gemma 3 270M (262K
-/// tokens, all of whose logits come back for every position) verifies 2 in 1.16-1.42 steps, 4 in
-/// 1.76-2.0 and 8 in 2.8-3.8: a fixed 8 measured 0.72-0.89x, a fixed 4 1.03-1.21x with questions
-/// at 0.58-0.75x, each round its own length 0.96-1.02x. Which of 2 and 4 falls under the limits
-/// varies from run to run (Gemma's 2 in 1.16-1.42 steps); 8 does not.
+/// padding): it pays only where loops make up for it with long drafts. A model with a small
+/// vocabulary (SmolLM2's 49K tokens) verifies 8 tokens within two steps on an H100 and gains
+/// from a fixed 8; one whose every position returns a large vocabulary's logits (Gemma 3's 262K)
+/// does not, and verifies each round at its own length. The limits are on 8, not on 2 or 4,
+/// whose share of a step varies from run to run (docs/benchmarks.md, "H100: fixed verification
+/// shapes").
 const MAX_PADDED: f64 = 2.0;
 const MIN_FIXED: usize = 8;
 

@@ -56,17 +56,7 @@ pub fn verify<'z>(
     let mut out = Vec::with_capacity(drafts.len() + 1);
     let mut masked: Vec<f32> = Vec::new();
     for i in 0..=drafts.len() {
-        let mut z = logits(i);
-        if !masked_out.is_empty() {
-            masked.clear();
-            masked.extend_from_slice(z);
-            for &e in masked_out {
-                if let Some(x) = masked.get_mut(e) {
-                    *x = f32::NEG_INFINITY;
-                }
-            }
-            z = &masked;
-        }
+        let z = without(logits(i), masked_out, &mut masked);
         let (argmax, margin) = argmax_margin(z);
         let q = qs.get(i).map(Vec::as_slice);
         // Greedy without transfer takes the argmax just computed.
@@ -90,34 +80,14 @@ pub fn verify<'z>(
             });
             break;
         };
-        let correction = if settings.greedy() {
-            let choice = if plain_greedy {
-                token::from_index(argmax)
-            } else {
-                pick(z, q, settings, rng)
-            };
+        let correction = if plain_greedy {
+            let choice = token::from_index(argmax);
+            (choice != d).then_some(choice)
+        } else if settings.greedy() {
+            let choice = pick(z, q, settings, rng);
             (choice != d).then_some(choice)
         } else {
-            let q = q.filter(|q| !q.is_empty());
-            let mut p_hat = target_distribution(z, settings.temp, q, settings.eta);
-            top_p(&mut p_hat, settings.top_p);
-            let di = token::index(d);
-            let point;
-            let q = match q {
-                Some(q) => q,
-                None => {
-                    point = point_mass(z.len(), di);
-                    &point
-                }
-            };
-            if accept(&p_hat, q, di, rng.random()) {
-                None
-            } else {
-                Some(token::from_index(sample(
-                    &residual(&p_hat, q),
-                    rng.random(),
-                )))
-            }
+            sampled_correction(z, q, d, settings, rng)
         };
         if let Some(token) = correction {
             out.push(Verified {
@@ -134,6 +104,53 @@ pub fn verify<'z>(
         });
     }
     out
+}
+
+/// `z` with the tokens at `masked_out` made impossible (in `buffer`), or `z` itself.
+fn without<'z>(z: &'z [f32], masked_out: &[usize], buffer: &'z mut Vec<f32>) -> &'z [f32] {
+    if masked_out.is_empty() {
+        return z;
+    }
+    buffer.clear();
+    buffer.extend_from_slice(z);
+    for &e in masked_out {
+        if let Some(x) = buffer.get_mut(e) {
+            *x = f32::NEG_INFINITY;
+        }
+    }
+    buffer
+}
+
+/// Speculative sampling at a draft `d`: accepted with probability `min(1, p̂(d)/q(d))` (None),
+/// else the token sampled from the exact residual `norm(max(p̂ − q, 0))`. A draft without the
+/// drafter's distribution (a lookup's) is a point mass.
+fn sampled_correction(
+    z: &[f32],
+    q: Option<&[f32]>,
+    d: Token,
+    settings: &Settings,
+    rng: &mut impl Rng,
+) -> Option<Token> {
+    let q = q.filter(|q| !q.is_empty());
+    let mut p_hat = target_distribution(z, settings.temp, q, settings.eta);
+    top_p(&mut p_hat, settings.top_p);
+    let di = token::index(d);
+    let point;
+    let q = match q {
+        Some(q) => q,
+        None => {
+            point = point_mass(z.len(), di);
+            &point
+        }
+    };
+    if accept(&p_hat, q, di, rng.random()) {
+        None
+    } else {
+        Some(token::from_index(sample(
+            &residual(&p_hat, q),
+            rng.random(),
+        )))
+    }
 }
 
 /// The target's token at a position: greedy takes the argmax (of p̂ when transferring), else a

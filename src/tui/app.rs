@@ -10,10 +10,9 @@
 pub mod commands;
 pub mod conversation;
 pub mod editor;
+pub mod effect;
 #[cfg(test)]
 mod fixtures;
-
-use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -21,10 +20,11 @@ use super::keymap::{
     Action, HELP_CHAR, Key, Keymap, QUIT_CHAR, SOURCE_NEXT_CHAR, SOURCE_PREV_CHAR,
 };
 use crate::config::EngineConfig;
-use crate::runtime::{Progress, Reply, Turn, Update, WatchEvent};
+use crate::runtime::{Progress, Reply, Update, WatchEvent};
 pub use conversation::{AnswerStatus, Conversation, Entry, TurnState};
 use conversation::{ChatEvent, Refusal};
 use editor::{Editor, Recall};
+pub use effect::Effect;
 
 /// The corpus as the UI knows it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -57,24 +57,6 @@ pub enum Focus {
     Input,
     Chat,
     Sources,
-}
-
-/// What the runtime must do after an event.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    Ask {
-        question: String,
-        history: Vec<Turn>,
-        settings: EngineConfig,
-    },
-    Cancel,
-    Save {
-        path: PathBuf,
-        markdown: String,
-    },
-    /// The conversation changed: write it to the data directory.
-    Persist,
-    Quit,
 }
 
 /// Everything the UI can be told.
@@ -430,7 +412,7 @@ impl App {
 mod tests {
     use super::fixtures::{app, finished, gen_token, prefill, settings, token};
     use super::*;
-    use crate::runtime::{Source, View};
+    use crate::runtime::{Source, Turn, View};
     use crate::speculative::TokenKind;
 
     fn key(code: KeyCode) -> AppEvent {

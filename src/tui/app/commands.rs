@@ -6,8 +6,9 @@
 
 use std::path::PathBuf;
 
+use super::App;
 use super::conversation::ChatEvent;
-use super::{App, Effect};
+use super::effect::Effect;
 use crate::config::EngineConfig;
 
 /// What a command takes after its name.

@@ -4,7 +4,7 @@
 //! transition is tested here without an engine; a question it cannot take is refused with a
 //! [`Refusal`], which the app words with the user's own keys.
 
-use super::Effect;
+use super::effect::Effect;
 use crate::config::EngineConfig;
 use crate::runtime::{EngineInfo, Reply, Source, Turn, View, history};
 use crate::speculative::{Event, GenToken, Mode, Stats};
@@ -618,6 +618,7 @@ mod tests {
                 drafted,
                 accepted,
                 t_draft: std::time::Duration::from_millis(30),
+                t_draft_step: None,
                 t_verify: std::time::Duration::from_millis(70),
                 stats: Box::new(Stats {
                     rounds,

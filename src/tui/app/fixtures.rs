@@ -53,6 +53,8 @@ pub fn finished(tokens: Vec<GenToken>, cancelled: bool) -> Reply {
     Reply::Finished(Box::new(Answer {
         mode: Mode::Rapid,
         output: Output {
+            produced: Vec::new(),
+            eog: false,
             text: tokens.iter().map(|t| t.text.clone()).collect(),
             tokens,
             end_margin: None,

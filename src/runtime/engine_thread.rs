@@ -83,12 +83,12 @@ pub enum Reply {
 pub type Load = dyn Fn(bool) -> Result<Engine> + Send + Sync;
 
 /// The UI's handle on the engine thread.
-pub struct Worker {
+pub struct EngineThread {
     requests: Arc<std::sync::Mutex<Sender<Request>>>,
     cancel: Arc<AtomicBool>,
 }
 
-impl Worker {
+impl EngineThread {
     /// Starts the thread: it builds the engine with `load` (slow: models), then serves requests
     /// against `index` until the handle is dropped. When one of `workers` fails, the failure is
     /// reported and a new engine thread, loaded without workers, takes the requests.
