@@ -12,6 +12,7 @@ pub mod logging;
 pub mod paths;
 pub mod runtime;
 pub mod safe_text;
+pub mod server;
 pub mod session;
 pub mod simulate;
 pub mod speculative;

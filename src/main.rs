@@ -86,6 +86,9 @@ enum Command {
     },
     /// Answer a question about a folder: the answer streams to stdout, statistics to stderr.
     Ask(AskArgs),
+    /// Serve the folder's answers behind an OpenAI-compatible API (POST /v1/chat/completions,
+    /// GET /v1/models, /health, /metrics), indexing and watching it as the chat UI does.
+    Serve(rapid_chat::cli::serve::ServeArgs),
     /// Measure: every question in every mode, interleaved, with speed-ups over AR measured in
     /// the same run; a Markdown table (or JSON).
     Bench(BenchArgs),
@@ -170,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Extract { file }) => corpus::extract_command(&ctx, &file),
         Some(Command::Ask(args)) => answer::ask_command(ctx, &args),
         Some(Command::Bench(args)) => measure::bench_command(ctx, &args),
+        Some(Command::Serve(args)) => rapid_chat::cli::serve::serve_command(ctx, &args),
         Some(Command::Simulate(args)) => measure::simulate_command(ctx, &args),
         Some(Command::CostCurve(args)) => measure::cost_curve_command(ctx, &args),
         Some(Command::ExtractPdf { .. }) => unreachable!("handled before logging starts"),

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("session", 4),
     ("runtime", 5),
     ("tui", 6),
+    ("server", 6),
     ("bench", 6),
     ("simulate", 6),
     ("cli", 7),
@@ -32,6 +33,9 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("tui", "crate::llm"),
     ("tui", "crate::corpus"),
     ("tui", "crate::session"),
+    ("server", "crate::llm"),
+    ("server", "crate::corpus"),
+    ("server", "crate::session"),
 ];
 
 fn layer(module: &str) -> Option<u32> {

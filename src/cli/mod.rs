@@ -5,6 +5,7 @@ pub mod answer;
 pub mod corpus;
 pub mod measure;
 pub mod models;
+pub mod serve;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
