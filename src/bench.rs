@@ -27,6 +27,10 @@ pub struct Question {
     pub question: String,
     #[serde(default)]
     pub answer: Option<String>,
+    /// The answer in prose as a capable model would write it (long questions): `simulate
+    /// --reference-answers` traces along it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// Reads a questions file: a JSON array of `{"question": ..., "answer": ...}` (other keys ignored).
@@ -114,6 +118,7 @@ pub fn generate(
                 question: Question {
                     question: "What is the pass key? Answer with the number.".into(),
                     answer: Some(key.to_string()),
+                    reference: None,
                 },
             }
         }
@@ -143,6 +148,7 @@ pub fn generate(
                         asked.0
                     ),
                     answer: Some(asked.1),
+                    reference: None,
                 },
             }
         }
@@ -194,6 +200,9 @@ pub struct Run {
     /// The floor (see [`floor_s`]): the most decoding time this answer may take against AR's;
     /// None for AR itself, the drafter alone, or an answer whose text differs from AR's.
     pub floor_s: Option<f64>,
+    /// Whether the answer, or AR's to the same question, is mostly repetition
+    /// ([`crate::speculative::looping`]): counted apart from the headline figures.
+    pub looped: bool,
     pub answer: String,
     pub stats: Stats,
     #[serde(skip)]
@@ -249,6 +258,9 @@ pub fn run(
                     differs_from_ar_at: None,
                     ar_decode_s: None,
                     floor_s: None,
+                    looped: crate::speculative::looping(
+                        &out.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
+                    ),
                     answer: out.text,
                     ids: out.tokens.iter().map(|t| t.id).collect(),
                     margins: out.tokens.iter().map(|t| t.margin).collect(),
@@ -273,6 +285,7 @@ pub fn run(
                         r.differs_from_ar_at = first_difference(&ar, r);
                     }
                     r.ar_decode_s = Some(ar.stats.decode_s);
+                    r.looped |= ar.looped;
                     let same_text = r.differs_from_ar_at.is_none() && r.answer == ar.answer;
                     if r.mode != Mode::Ar && r.mode != Mode::Rag && same_text {
                         r.floor_s = Some(floor_s(ar.stats.decode_s, ar.stats.plain_step_s));
@@ -351,6 +364,10 @@ pub struct Summary {
     /// Answers whose text differs from AR's (batch rounding at a near tie), counted apart
     /// from the floor.
     pub differs_from_ar: usize,
+    /// Answers that loop (theirs or AR's), left out of the figures above, and their own
+    /// time-weighted speed-up.
+    pub loops: usize,
+    pub loops_speedup_total: Option<f64>,
     pub acceptance: f64,
     pub mean_accepted_len: f64,
     pub cold_prefill_s_median: f64,
@@ -375,7 +392,10 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
     modes
         .iter()
         .map(|&mode| {
-            let rs: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
+            let all: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
+            // The headline figures are over prose: loops are counted apart.
+            let rs: Vec<&Run> = all.iter().copied().filter(|r| !r.looped).collect();
+            let loops: Vec<&Run> = all.iter().copied().filter(|r| r.looped).collect();
             let sum = |f: &dyn Fn(&Stats) -> f64| rs.iter().map(|r| f(&r.stats)).sum::<f64>();
             let rounds = sum(&|s| s.rounds as f64).max(1.0);
             let drafted = sum(&|s| s.drafted as f64);
@@ -425,6 +445,8 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
                     })
                 },
                 differs_from_ar: rs.iter().filter(|r| r.differs_from_ar_at.is_some()).count(),
+                loops: loops.len(),
+                loops_speedup_total: time_weighted(&loops),
                 acceptance: if drafted > 0.0 {
                     sum(&|s| s.accepted as f64) / drafted
                 } else {
@@ -459,6 +481,14 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
             }
         })
         .collect()
+}
+
+/// The sum of AR's decoding times over the sum of `runs`' (those paired with an AR run).
+fn time_weighted(runs: &[&Run]) -> Option<f64> {
+    let paired: Vec<&&Run> = runs.iter().filter(|r| r.ar_decode_s.is_some()).collect();
+    let ar: f64 = paired.iter().filter_map(|r| r.ar_decode_s).sum();
+    let own: f64 = paired.iter().map(|r| r.stats.decode_s).sum();
+    (own > 0.0 && !paired.is_empty()).then(|| ar / own)
 }
 
 /// A run's decoding time at the pace of AR's plain steps in the paired run: its own time, times
@@ -549,6 +579,16 @@ pub fn markdown(summaries: &[Summary], last_curve: Option<&[(usize, f64)]>) -> S
         if let Some(t) = s.ms_plain_step {
             let _ = writeln!(out, "AR step (median): {t:.2} ms.");
         }
+    }
+    for s in summaries.iter().filter(|s| s.loops > 0) {
+        let _ = writeln!(
+            out,
+            "{} answers of {} loop (theirs or AR's: under a third of their 4-grams distinct), \
+             left out of the figures above; over them, time-weighted: {}.",
+            s.loops,
+            s.mode,
+            x(s.loops_speedup_total)
+        );
     }
     for s in summaries.iter().filter(|s| s.differs_from_ar > 0) {
         let _ = writeln!(
@@ -672,6 +712,7 @@ mod tests {
             differs_from_ar_at: None,
             ar_decode_s: None,
             floor_s: None,
+            looped: false,
             answer: String::new(),
             stats: Stats::default(),
             ids: Vec::new(),
@@ -725,6 +766,7 @@ mod tests {
             differs_from_ar_at: None,
             ar_decode_s: Some(ar),
             floor_s: (mode == Mode::Rapid).then(|| floor_s(ar, 0.01)),
+            looped: false,
             answer: String::new(),
             stats: Stats {
                 decode_s,

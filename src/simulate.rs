@@ -109,21 +109,65 @@ pub fn record(
     let answer = engine.run(prompts.clone(), &ar, &mut |_| Flow::Continue)?;
     let output = answer.output;
     let produced: Vec<Token> = output.produced.iter().map(|&t| Token::new(t)).collect();
-    let drafts = engine.drafter_continuations(&prompts.draft, &produced, max_draft)?;
+    let mut trace = trace_along(engine, question, &prompts, &produced, max_draft)?;
+    trace.answer = output.tokens.iter().map(|t| t.id).collect();
+    trace.produced = output.produced;
+    trace.eog = output.eog;
+    trace.max_tokens = Some(settings.max_tokens);
+    Ok(trace)
+}
+
+/// The trace of what the target `produced` after `prompts`: the drafter's continuations at each
+/// of its positions, as if it were the answer (the caller says what else it knows of it).
+fn trace_along(
+    engine: &mut Engine,
+    question: &str,
+    prompts: &crate::session::prompt::Prompts,
+    produced: &[Token],
+    max_draft: usize,
+) -> Result<Trace> {
+    let drafts = engine.drafter_continuations(&prompts.draft, produced, max_draft)?;
     let ids = |v: &[Token]| v.iter().map(|t| t.0).collect::<Vec<_>>();
     Ok(Trace {
         question: question.to_string(),
         prompt: ids(&prompts.target),
         draft_prompt: ids(&prompts.draft),
-        answer: output.tokens.iter().map(|t| t.id).collect(),
-        produced: output.produced,
-        eog: output.eog,
-        max_tokens: Some(settings.max_tokens),
+        answer: ids(produced),
+        produced: Vec::new(),
+        eog: false,
+        max_tokens: None,
         drafts: drafts
             .into_iter()
             .map(|c| c.into_iter().map(|(t, p)| (t.0, p)).collect())
             .collect(),
     })
+}
+
+/// Records the trace of `question` along `reference` (its answer as a capable model would write
+/// it) instead of the model's own: the target's prompt as rapid mode builds it, the reference's
+/// tokens as what the target produced (it ends there, as if by itself), and the drafter's own
+/// continuations along them. It projects what the policy gains for a target that writes such
+/// prose, where a small model's own long answers loop.
+pub fn record_reference(
+    engine: &mut Engine,
+    index: &CorpusIndex,
+    question: &str,
+    reference: &str,
+    settings: &EngineConfig,
+    max_draft: usize,
+) -> Result<Trace> {
+    let rapid = EngineConfig {
+        mode: Mode::Rapid,
+        ..settings.clone()
+    };
+    let prompts = engine.prepare(index, question, &[], &rapid)?;
+    engine.prefill(&prompts)?;
+    let produced = engine.tokenize(reference);
+    anyhow::ensure!(
+        !produced.is_empty(),
+        "the reference answer to {question:?} is empty"
+    );
+    trace_along(engine, question, &prompts, &produced, max_draft)
 }
 
 /// A cost curve's rows, `depth,prefill_tok_s,G,step_ms` (rows with `G = 0` carry only the
@@ -224,6 +268,14 @@ pub struct Projected {
     /// The bound: what a policy knowing the answer could reach with the same lookups and drafts
     /// (`replay::best_speedup`; none with fixed shapes).
     pub best_speedup: Option<f64>,
+    /// Whether the answer is mostly repetition (counted apart from the headline figures).
+    #[serde(rename = "loop")]
+    pub looped: bool,
+    /// Whether the answer kept the floor: at most the larger of 1.05 times plain steps' time and
+    /// that time plus 8 plain steps.
+    pub floor_held: bool,
+    /// The tokens the bound takes from the drafter.
+    pub best_from_drafter: Option<usize>,
     #[serde(flatten)]
     pub projection: Projection,
 }
@@ -233,11 +285,25 @@ pub struct Projected {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub questions: Vec<Projected>,
+    /// Over the answers that do not loop: the median and worst question, and time-weighted (the
+    /// plain steps' time of them all over the projected time of them all).
     pub median: f64,
     pub worst: f64,
-    /// The bound's median and worst question.
+    pub total: f64,
+    /// The bound's median, worst question and time-weighted figure, over the same answers.
     pub best_median: Option<f64>,
     pub best_worst: Option<f64>,
+    pub best_total: Option<f64>,
+    /// The policy's share of the bound, time-weighted.
+    pub share_of_bound: Option<f64>,
+    /// Answers that loop, left out of the figures above, and their time-weighted speed-up.
+    pub loops: usize,
+    pub loops_total: Option<f64>,
+    /// Answers within the floor, of all.
+    pub floor_held: (usize, usize),
+    /// The bound's share of the tokens from the drafter, over the same answers (None: no
+    /// bound).
+    pub best_drafter_share: Option<f64>,
     /// Shares of the answers' tokens from lookups, the drafter and the target's own steps.
     pub lookup_share: f64,
     pub drafter_share: f64,
@@ -285,39 +351,97 @@ pub fn project_all(
         };
         let (p, next) = replay::project(&tokens(t).case(), costing, r, start);
         costs = Some(next);
-        let best = (!shaped).then(|| replay::best_speedup(&tokens(t).case(), &tc, dc.as_ref(), r));
+        let case = tokens(t);
+        let bound = (!shaped).then(|| replay::best(&case.case(), &tc, dc.as_ref(), r));
+        let best = bound.map(|b| b.speedup);
+        let own = p.verify_s + p.draft_s;
+        let floor = (1.05 * p.plain_s).max(p.plain_s + 8.0 * tc.t(1));
         questions.push(Projected {
             question: t.question.clone(),
             speedup: p.speedup(),
             best_speedup: best,
+            looped: crate::speculative::looping(&t.answer),
+            floor_held: own <= floor + 1e-12,
+            best_from_drafter: bound.map(|b| b.from_drafter),
             projection: p,
         });
     }
-    let mut speedups: Vec<f64> = questions.iter().map(|q| q.speedup).collect();
+    Ok(report(
+        questions,
+        target_depth,
+        drafter.and_then(|d| d.1),
+        r.drafter,
+    ))
+}
+
+/// The figures of `questions`: the headline ones over prose, loops apart.
+fn report(
+    questions: Vec<Projected>,
+    target_depth: Option<usize>,
+    drafter_depth: Option<usize>,
+    drafter: bool,
+) -> Report {
+    let prose: Vec<&Projected> = questions.iter().filter(|q| !q.looped).collect();
+    let loops: Vec<&Projected> = questions.iter().filter(|q| q.looped).collect();
+    let mut speedups: Vec<f64> = prose.iter().map(|q| q.speedup).collect();
     let worst = speedups.iter().copied().fold(f64::INFINITY, f64::min);
-    let mut bests: Vec<f64> = questions.iter().filter_map(|q| q.best_speedup).collect();
-    let best_worst = bests.iter().copied().reduce(f64::min);
-    let total: usize = questions
+    let mut bests: Vec<f64> = prose.iter().filter_map(|q| q.best_speedup).collect();
+    let time = |qs: &[&Projected]| -> Option<f64> {
+        let plain: f64 = qs.iter().map(|q| q.projection.plain_s).sum();
+        let own: f64 = qs
+            .iter()
+            .map(|q| q.projection.verify_s + q.projection.draft_s)
+            .sum();
+        (own > 0.0).then(|| plain / own)
+    };
+    let best_total = (bests.len() == prose.len() && !prose.is_empty()).then(|| {
+        let plain: f64 = prose.iter().map(|q| q.projection.plain_s).sum();
+        let best: f64 = prose
+            .iter()
+            .map(|q| q.projection.plain_s / q.best_speedup.unwrap_or(1.0).max(1e-12))
+            .sum();
+        plain / best.max(1e-12)
+    });
+    let total_tokens = prose
         .iter()
         .map(|q| q.projection.tokens)
         .sum::<usize>()
         .max(1);
     let share = |f: fn(&Projection) -> usize| {
-        questions.iter().map(|q| f(&q.projection)).sum::<usize>() as f64 / total as f64
+        prose.iter().map(|q| f(&q.projection)).sum::<usize>() as f64 / total_tokens as f64
     };
-    Ok(Report {
+    let total = time(&prose).unwrap_or(0.0);
+    Report {
         median: median(&mut speedups).unwrap_or(0.0),
         worst: if worst.is_finite() { worst } else { 0.0 },
+        total,
         best_median: median(&mut bests),
-        best_worst,
+        best_worst: bests.iter().copied().reduce(f64::min),
+        share_of_bound: best_total.map(|b| total / b),
+        best_total,
+        loops: loops.len(),
+        loops_total: time(&loops),
+        floor_held: (
+            questions.iter().filter(|q| q.floor_held).count(),
+            questions.len(),
+        ),
+        best_drafter_share: (drafter && prose.iter().all(|q| q.best_from_drafter.is_some())).then(
+            || {
+                prose
+                    .iter()
+                    .filter_map(|q| q.best_from_drafter)
+                    .sum::<usize>() as f64
+                    / total_tokens as f64
+            },
+        ),
         lookup_share: share(|p| p.from_lookup),
         drafter_share: share(|p| p.from_drafter),
         target_share: share(|p| p.from_target),
         target_depth,
-        drafter_depth: drafter.and_then(|d| d.1),
+        drafter_depth,
         what: WHAT,
         questions,
-    })
+    }
 }
 
 /// The report as a Markdown table.
@@ -327,15 +451,17 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(
         s,
         "| question | tokens | projected speed-up | bound (knowing the answer) | rounds: plain / \
-         lookup / drafter | tokens from lookups / drafter / target |\n|---|---|---|---|---|---|"
+         lookup / drafter | tokens from lookups / drafter / target | floor |\n\
+         |---|---|---|---|---|---|---|"
     );
     let x = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}x"));
     for q in &report.questions {
         let p = &q.projection;
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2}x | {} | {} / {} / {} | {} / {} / {} |",
+            "| {}{} | {} | {:.2}x | {} | {} / {} / {} | {} / {} / {} | {} |",
             q.question.chars().take(48).collect::<String>(),
+            if q.looped { " (loop)" } else { "" },
             p.tokens,
             q.speedup,
             x(q.best_speedup),
@@ -344,20 +470,38 @@ pub fn markdown(report: &Report) -> String {
             p.drafter_rounds,
             p.from_lookup,
             p.from_drafter,
-            p.from_target
+            p.from_target,
+            if q.floor_held { "held" } else { "BROKEN" }
         );
     }
     let _ = writeln!(
         s,
-        "\nmedian {:.2}x, worst question {:.2}x (the bound: {} and {}); tokens from lookups \
-         {:.0}%, drafter {:.0}%, target steps {:.0}%\n{}",
+        "\ntime-weighted {:.2}x (the bound {}, the policy's share {}), median {:.2}x, worst \
+         question {:.2}x (the bound: {} and {}); floor held by {} of {} answers; tokens from \
+         lookups {:.0}%, drafter {:.0}%, target steps {:.0}%{}\n{}",
+        report.total,
+        x(report.best_total),
+        report
+            .share_of_bound
+            .map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
         report.median,
         report.worst,
         x(report.best_median),
         x(report.best_worst),
+        report.floor_held.0,
+        report.floor_held.1,
         100.0 * report.lookup_share,
         100.0 * report.drafter_share,
         100.0 * report.target_share,
+        if report.loops > 0 {
+            format!(
+                "; {} answers loop, left out (over them {})",
+                report.loops,
+                x(report.loops_total)
+            )
+        } else {
+            String::new()
+        },
         report.what
     );
     s

@@ -1018,3 +1018,29 @@ fn the_replay_of_a_live_answer_makes_the_live_loops_choices_round_by_round() {
         }
     }
 }
+
+/// `simulate --reference-answers`: the trace follows the reference answer's tokens, with the
+/// drafter's own continuation at each of its positions, as if the target had written it.
+#[test]
+fn a_reference_answer_trace_follows_the_reference() {
+    let mut engine = engine();
+    let mut s = settings(Mode::Rapid, 4);
+    s.max_tokens = 128;
+    let q = "Explain what the /health endpoint of llama-server returns.";
+    let reference = "The `/health` endpoint returns health check result. It answers with HTTP status \
+                     code 503 while the model is still being loaded, and with 200 and \
+                     `{\"status\": \"ok\"}` once the model is successfully loaded and the server \
+                     is ready.";
+    let trace =
+        rapid_chat::simulate::record_reference(&mut engine, demo_index(), q, reference, &s, 6)
+            .unwrap();
+    let ids: Vec<i32> = engine.tokenize(reference).iter().map(|t| t.0).collect();
+    assert_eq!(trace.answer, ids);
+    assert_eq!(trace.drafts.len(), ids.len());
+    assert!(trace.drafts.iter().all(|d| d.len() == 6));
+    // The drafter read the retrieved chunks: it continues the reference's quotes of them.
+    let agreed = (0..ids.len())
+        .filter(|&i| i + 1 < ids.len() && trace.drafts[i][0].0 == ids[i])
+        .count();
+    assert!(agreed * 3 > ids.len(), "{agreed} of {}", ids.len());
+}

@@ -70,6 +70,11 @@ pub struct SimulateArgs {
     /// The longest drafter continuation recorded per position.
     #[arg(long, default_value_t = 16)]
     pub max_draft: usize,
+    /// Trace along each question's `reference` answer (the questions file's, e.g.
+    /// assets/questions-long.json) instead of the model's own: what the policy gains for a target
+    /// that writes such prose.
+    #[arg(long, conflicts_with = "traces")]
+    pub reference_answers: bool,
     /// The extra time of the two rounds after a change of batch shape, in ms (on a GPU: a batch
     /// without its CUDA graph, then a new capture; the log's "verification shapes calibrated"
     /// line shows it). Fixed shapes pay it at their changes; rounds of their own lengths at
@@ -245,8 +250,24 @@ pub fn simulate_command(ctx: Ctx, args: &SimulateArgs) -> Result<()> {
             let mut traces = Vec::new();
             for (i, q) in questions.iter().enumerate() {
                 let started = Instant::now();
-                let t =
-                    simulate::record(&mut engine, &index, &q.question, &settings, args.max_draft)?;
+                let t = if args.reference_answers {
+                    let reference = q.reference.as_deref().with_context(|| {
+                        format!(
+                            "{:?} has no \"reference\" answer to trace along",
+                            q.question
+                        )
+                    })?;
+                    simulate::record_reference(
+                        &mut engine,
+                        &index,
+                        &q.question,
+                        reference,
+                        &settings,
+                        args.max_draft,
+                    )?
+                } else {
+                    simulate::record(&mut engine, &index, &q.question, &settings, args.max_draft)?
+                };
                 eprintln!(
                     "[{}/{}] traced {} answer tokens ({} prompt, {} drafter prompt) in {:.1} s",
                     i + 1,

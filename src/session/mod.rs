@@ -37,6 +37,9 @@ pub struct Engine {
     last_view: Vec<prompt::ChunkId>,
     /// Verification and drafting costs measured so far (the adaptive policy's input).
     costs: crate::speculative::adaptive::Costs,
+    /// Where the policy's acceptance rates are kept across runs for this pair of models (None:
+    /// not kept).
+    learned: Option<std::path::PathBuf>,
 }
 
 /// Target prefill done outside the decode loop, before its clock started.
@@ -153,6 +156,7 @@ impl Engine {
         )?;
         let mut engine = Self::new(models, &config.engine)?;
         engine.set_kv_cache(kv_cache(&config.engine, dirs.kv_cache()));
+        engine.keep_learned(&dirs.cache.join("policy"));
         Ok(engine)
     }
 
@@ -204,6 +208,7 @@ impl Engine {
             model_id,
             last_view: Vec::new(),
             costs: Default::default(),
+            learned: None,
         })
     }
 
@@ -442,6 +447,50 @@ impl Engine {
         Ok(started.elapsed().as_secs_f64())
     }
 
+    /// Keeps the policy's acceptance rates in `dir` across runs, for this pair of models, and
+    /// starts from what an earlier run learned there (an unreadable file is started afresh).
+    pub fn keep_learned(&mut self, dir: &std::path::Path) {
+        let pair = format!(
+            "{}\n{}",
+            self.model_id,
+            crate::llm::model::model_fingerprint(&self.models.drafter_path)
+        );
+        let key = crate::corpus::extract::content_hash(pair.as_bytes());
+        let path = dir.join(format!("{}.json", &key[..16]));
+        if let Some(learned) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            tracing::info!(path = %path.display(), "the policy starts from an earlier run's rates");
+            self.costs = std::mem::take(&mut self.costs).with_learned(learned);
+        }
+        self.learned = Some(path);
+    }
+
+    /// Writes the policy's acceptance rates where they are kept (atomically; a failure is only
+    /// logged: they are an optimisation).
+    fn save_learned(&self) {
+        let Some(path) = &self.learned else {
+            return;
+        };
+        let write = || -> Result<()> {
+            let dir = path.parent().ok_or_else(|| anyhow::anyhow!("no folder"))?;
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            serde_json::to_writer(&mut tmp, &self.costs.learned())?;
+            tmp.persist(path)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::warn!(error = %format!("{e:#}"), "cannot keep the policy's rates");
+        }
+    }
+
+    /// The tokens of `text` for the target, as plain text.
+    pub fn tokenize(&self, text: &str) -> Vec<Token> {
+        crate::llm::token::tokenize(self.models.target, text, crate::llm::token::Tokenize::Plain)
+    }
+
     /// Decodes the answer to prepared prompts in the chosen mode.
     pub fn run(
         &mut self,
@@ -537,6 +586,9 @@ impl Engine {
             }
         };
         shared.add_to(&mut output.stats);
+        if settings.mode == Mode::Rapid {
+            self.save_learned();
+        }
         Ok(Answer {
             mode: settings.mode,
             output,

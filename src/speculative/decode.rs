@@ -191,12 +191,13 @@ impl Backend for Live<'_> {
         self.target.tokens().len() + g <= self.target.n_ctx()
     }
 
-    fn draft(&mut self, k: usize) -> Result<Drafted> {
+    fn draft(&mut self, k: usize, worth: &round::Worth<'_>) -> Result<Drafted> {
         let Some(d) = self.drafter.as_mut() else {
             return Ok(Drafted::default());
         };
         let started = Instant::now();
-        let mut drafted = draft(d.ctx, &self.answer.draft_seq, self.params, k, &mut self.rng)?;
+        let seq = &self.answer.draft_seq;
+        let mut drafted = draft(d.ctx, seq, self.params, k, worth, &mut self.rng)?;
         drafted.time = started.elapsed();
         Ok(drafted)
     }
@@ -511,6 +512,7 @@ fn draft(
     seq: &[Token],
     params: &EngineConfig,
     max: usize,
+    worth: &round::Worth<'_>,
     rng: &mut ChaCha8Rng,
 ) -> Result<Drafted> {
     ctx.sync(seq, &mut |_, _| true)?;
@@ -518,7 +520,10 @@ fn draft(
     let mut steps = 0u32;
     let need_q = !params.greedy() || params.eta > 0.0;
     let mut drafts = Vec::with_capacity(max);
+    let mut probs = Vec::with_capacity(max);
     let mut qs = Vec::with_capacity(max + 1);
+    // The chance that the target takes the whole draft so far.
+    let mut reach = 1.0;
     loop {
         let z = ctx.logits(0);
         // The full distribution only where acceptance needs it (sampling, transfer).
@@ -539,13 +544,17 @@ fn draft(
             }
             break;
         }
-        if drafts.len() == max || confidence < params.draft_confidence {
+        let next = (drafts.len() < max && confidence >= params.draft_confidence)
+            .then(|| worth(drafts.len(), confidence, reach))
+            .flatten();
+        let Some(next) = next else {
             if need_q {
                 top_p(&mut q, params.top_p);
                 qs.push(q);
             }
             break;
-        }
+        };
+        reach = next;
         let d = if params.greedy() {
             token::from_index(argmax_margin(z).0)
         } else {
@@ -553,6 +562,7 @@ fn draft(
             token::from_index(sample(&q, rng.random()))
         };
         drafts.push(d);
+        probs.push(confidence);
         qs.push(q);
         // The last draft is decoded only when its successor's distribution is needed.
         if drafts.len() < max || need_q {
@@ -564,6 +574,7 @@ fn draft(
     }
     Ok(Drafted {
         tokens: drafts,
+        probs,
         qs,
         step: (steps > 0).then(|| steps_started.elapsed() / steps),
         time: Duration::ZERO,

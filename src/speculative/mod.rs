@@ -21,6 +21,24 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::Mode;
 
+#[cfg(test)]
+mod tests {
+    use super::looping;
+
+    #[test]
+    fn a_loop_is_mostly_repeated_four_grams() {
+        let prose: Vec<i32> = (0..200).collect();
+        assert!(!looping(&prose));
+        let lo: Vec<i32> = (0..200).map(|i| i % 17).collect();
+        assert!(looping(&lo));
+        let short: Vec<i32> = (0..20).map(|i| i % 2).collect();
+        assert!(!looping(&short), "too short to judge");
+        // Half prose, half a loop of 5: still more than a third distinct.
+        let mixed: Vec<i32> = (0..100).chain((0..100).map(|i| 1000 + i % 5)).collect();
+        assert!(!looping(&mixed));
+    }
+}
+
 /// Where a round's draft came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,6 +109,18 @@ pub enum Event {
 pub enum Flow {
     Continue,
     Cancel,
+}
+
+/// Whether an answer is mostly repetition (a small model's loop, which lookups copy at will):
+/// fewer than a third of its 4-grams of tokens distinct. Speed-ups over such answers say nothing
+/// about prose, so the measurements count them apart. Answers under 32 tokens are never loops.
+pub fn looping(ids: &[i32]) -> bool {
+    if ids.len() < 32 {
+        return false;
+    }
+    let grams: Vec<&[i32]> = ids.windows(4).collect();
+    let distinct: std::collections::HashSet<&[i32]> = grams.iter().copied().collect();
+    distinct.len() * 3 < grams.len()
 }
 
 /// The median of `v` (sorted in place), or None when it is empty.

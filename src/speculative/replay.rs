@@ -10,9 +10,10 @@
 
 use std::time::Duration;
 
+use super::Flow;
 use super::TokenKind;
 use super::adaptive::{self, Costs, DraftSource, Policy};
-use super::emit::{Emitted, Stop};
+use super::emit::{self, Emitted, Stop};
 use super::lookup::Lookup;
 use super::round::{self, Backend as _, Drafted, Played};
 use super::verify::Verified;
@@ -509,13 +510,27 @@ impl round::Backend for Replayed<'_> {
         true
     }
 
-    fn draft(&mut self, k: usize) -> anyhow::Result<Drafted> {
+    fn draft(&mut self, k: usize, worth: &round::Worth<'_>) -> anyhow::Result<Drafted> {
         let cont = self.case.drafts.get(self.i).map_or(&[][..], Vec::as_slice);
         let max = k.min(cont.len());
-        // The decode loop's draft(): stop at `max` or below the confidence threshold.
+        // The decode loop's draft(): stop at `max`, below the confidence threshold, or where
+        // the policy says the next token is not worth it.
+        let mut reach = 1.0;
         let n = cont[..max]
             .iter()
-            .position(|&(_, prob)| prob < self.r.draft_confidence)
+            .enumerate()
+            .position(|(j, &(_, prob))| {
+                let next = (prob >= self.r.draft_confidence)
+                    .then(|| worth(j, prob, reach))
+                    .flatten();
+                match next {
+                    Some(r) => {
+                        reach = r;
+                        false
+                    }
+                    None => true,
+                }
+            })
             .unwrap_or(max);
         let steps = if n < max { n } else { n.saturating_sub(1) };
         let seq_len = self.case.draft_prompt.len() + self.i;
@@ -538,6 +553,7 @@ impl round::Backend for Replayed<'_> {
         let time = Duration::from_secs_f64(time);
         Ok(Drafted {
             tokens: cont[..n].iter().map(|d| d.0).collect(),
+            probs: cont[..n].iter().map(|d| d.1).collect(),
             qs: Vec::new(),
             step,
             time,
@@ -598,43 +614,26 @@ impl round::Backend for Replayed<'_> {
     }
 
     fn emit(&mut self, verified: &[Verified], drafted: usize) -> Emitted {
-        let eog_at = self.case.eog.then(|| self.case.answer.len() - 1);
+        let answer = self.case.answer;
+        let eog = self.case.eog.then(|| answer[answer.len() - 1]);
         let room = self.left();
-        let (mut emitted, mut considered, mut accepted) = (0, 0, 0);
-        let mut stop = None;
-        for v in verified {
-            considered += 1;
-            if v.kind == TokenKind::Accepted {
-                accepted += 1;
-            }
-            if eog_at == Some(self.i) {
-                stop = Some(Stop::EndOfGeneration { margin: 0.0 });
-                break;
-            }
-            if emitted >= room {
-                stop = Some(Stop::Limit);
-                break;
-            }
-            emitted += 1;
-            self.lookup.push(v.token);
-            self.i += 1;
-            // The end of what the target produced: the turn marker it was cut at, or the end
-            // of an answer recorded without its ending.
-            if self.i == self.case.answer.len() {
-                stop = Some(Stop::Cancelled);
-                break;
-            }
-        }
-        Emitted {
-            emitted,
-            stop,
-            drafted: if stop.is_some() {
-                drafted.min(considered)
-            } else {
-                drafted
+        emit::emit(
+            verified,
+            drafted,
+            room,
+            |t| Some(t) == eog,
+            |v| {
+                self.lookup.push(v.token);
+                self.i += 1;
+                // The end of what the target produced: the turn marker it was cut at, or the end of
+                // an answer recorded without its ending.
+                if self.i == answer.len() {
+                    Flow::Cancel
+                } else {
+                    Flow::Continue
+                }
             },
-            accepted,
-        }
+        )
     }
 
     fn last(&self, n: usize) -> &[Token] {
@@ -764,6 +763,16 @@ pub fn replay_best(
     }
 }
 
+/// The bound of an answer: the least time any policy could spend on it with its lookups and its
+/// drafter's drafts (see [`best`]), and where that best path takes its tokens from.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Bound {
+    pub speedup: f64,
+    pub seconds: f64,
+    pub from_lookup: usize,
+    pub from_drafter: usize,
+}
+
 /// The least time any policy could spend on `case` with its lookups and its drafter's drafts,
 /// choosing each round knowing which tokens will be accepted: a plain step, a lookup of `k`
 /// tokens, the drafter's first `k` (up to γ), or both (the lookup's confirmed tokens continued
@@ -776,6 +785,16 @@ pub fn best_speedup(
     drafter: Option<&CostCurve>,
     r: &Replaying,
 ) -> f64 {
+    best(case, target, drafter, r).speedup
+}
+
+/// The bound of `case` (see [`best_speedup`]), with the sources of its tokens.
+pub fn best(
+    case: &Case<'_>,
+    target: &CostCurve,
+    drafter: Option<&CostCurve>,
+    r: &Replaying,
+) -> Bound {
     let Case { answer, drafts, .. } = *case;
     let n = answer.len();
     let props = case.lookups(r);
@@ -789,16 +808,25 @@ pub fn best_speedup(
             (agree, d.len().min(r.gamma))
         })
     };
-    // best[i]: the least time to produce answer[i..].
-    let mut best = vec![0.0f64; n + 1];
+    // best[i]: the least time to produce answer[i..], and the tokens it takes from lookups and
+    // from the drafter.
+    let mut best = vec![(0.0f64, 0usize, 0usize); n + 1];
     for i in (0..n).rev() {
         let left = n - i;
         let after = |produced: usize| best[(i + produced).min(n)];
-        let mut b = target.t(1) + after(1);
+        let plain = after(1);
+        let mut b = (target.t(1) + plain.0, plain.1, plain.2);
+        let mut consider = |t: f64, produced: usize, lookup: usize, drafter: usize| {
+            let rest = after(produced);
+            if t + rest.0 < b.0 {
+                b = (t + rest.0, rest.1 + lookup, rest.2 + drafter);
+            }
+        };
         let lookup = props[i].as_ref().map(|(p, agree)| (*agree, p.tokens.len()));
         if let Some((agree, len)) = lookup {
             for k in 1..=len.min(left - 1) {
-                b = b.min(target.t(k + 1) + after(agree.min(k) + 1));
+                let acc = agree.min(k);
+                consider(target.t(k + 1), acc + 1, acc, 0);
             }
         }
         if let Some(d) = drafter {
@@ -807,7 +835,8 @@ pub fn best_speedup(
                 let (agree, offered) = drafted(i + lead);
                 for k in 1..=offered.min(left - 1 - lead) {
                     let t = k as f64 * d.t(1) + target.t(lead + k + 1);
-                    b = b.min(t + after(lead + agree.min(k) + 1));
+                    let acc = agree.min(k);
+                    consider(t, lead + acc + 1, lead, acc);
                 }
             };
             from(0);
@@ -817,7 +846,13 @@ pub fn best_speedup(
         }
         best[i] = b;
     }
-    n as f64 * target.t(1) / best[0].max(1e-12)
+    let (seconds, from_lookup, from_drafter) = best[0];
+    Bound {
+        speedup: n as f64 * target.t(1) / seconds.max(1e-12),
+        seconds,
+        from_lookup,
+        from_drafter,
+    }
 }
 
 /// Replays verification at a fixed batch shape: every round, plain or not, decodes `g` tokens

@@ -31,10 +31,17 @@ pub struct Rules {
     pub fixed_shape: Option<usize>,
 }
 
+/// Whether the drafter's next token is worth drafting: given its index in the draft, the
+/// drafter's probability for it and the chance that the target takes the draft so far, the
+/// chance past it (None: stop before it). The policy's rule ([`Policy::worth_drafting`]).
+pub type Worth<'a> = dyn Fn(usize, f32, f64) -> Option<f64> + 'a;
+
 /// A round's draft and what drafting it cost.
 #[derive(Debug, Default, Clone)]
 pub struct Drafted {
     pub tokens: Vec<Token>,
+    /// The drafter's probability for each of its tokens (empty for lookups).
+    pub probs: Vec<f32>,
     /// The drafter's distribution at each draft (and after the last where transfer needs it);
     /// empty in greedy mode without transfer, where only the argmax matters, and for lookups.
     pub qs: Vec<Vec<f32>>,
@@ -55,8 +62,9 @@ pub trait Backend {
     fn drafter(&self) -> Option<(usize, usize)>;
     /// Whether the verifying context has room for a batch of `g` tokens.
     fn fits(&self, g: usize) -> bool;
-    /// Drafts up to `k` tokens with the drafter model (fewer where its confidence drops).
-    fn draft(&mut self, k: usize) -> Result<Drafted>;
+    /// Drafts up to `k` tokens with the drafter model: fewer where its confidence falls below
+    /// the settings' threshold or `worth` stops it.
+    fn draft(&mut self, k: usize, worth: &Worth<'_>) -> Result<Drafted>;
     /// Verifies `[pending, draft..]` in one batch (padded to `shape`), the round's draft chosen
     /// from `source`: the accepted drafts and the target's own token, and the time it took.
     fn verify(
@@ -104,7 +112,10 @@ pub fn play(backend: &mut impl Backend, policy: &mut Policy, rules: &Rules) -> R
     let plan = plan(backend, policy, rules);
     let Choice { source, k } = plan.choice;
     let draft = match (source, plan.proposal.as_ref()) {
-        (DraftSource::Model, _) if k > 0 => backend.draft(k)?,
+        (DraftSource::Model, _) if k > 0 => {
+            let p: &Policy = policy;
+            backend.draft(k, &|j, prob, reach| p.worth_drafting(j, prob, reach))?
+        }
         (DraftSource::Lookup, Some(p)) => Drafted {
             tokens: p.tokens[..k.min(p.tokens.len())].to_vec(),
             ..Drafted::default()
@@ -127,7 +138,12 @@ pub fn play(backend: &mut impl Backend, policy: &mut Policy, rules: &Rules) -> R
         emitted,
     };
     let produced = backend.last(played.emitted.emitted);
-    policy.learn(&played.plan, &measured(&played), produced);
+    policy.learn(
+        &played.plan,
+        &measured(&played),
+        produced,
+        &played.draft.probs,
+    );
     Ok(played)
 }
 
