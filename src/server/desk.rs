@@ -92,6 +92,9 @@ impl Desk {
 }
 
 fn serve(runtime: &Runtime, jobs: &Receiver<Job>, engine: &RwLock<Engine>, counters: &Counters) {
+    // Indexing goes on by itself (its progress is the UI's business); once it is over, or never
+    // started (another instance keeps the index), its closed channel must not wake the loop.
+    let mut updates = runtime.updates.clone();
     loop {
         select! {
             recv(jobs) -> job => match job {
@@ -105,9 +108,8 @@ fn serve(runtime: &Runtime, jobs: &Receiver<Job>, engine: &RwLock<Engine>, count
                     return;
                 }
             },
-            // Indexing goes on by itself; its progress is the UI's business.
-            recv(runtime.updates) -> update => if update.is_err() {
-                continue;
+            recv(updates) -> update => if update.is_err() {
+                updates = crossbeam_channel::never();
             },
         }
     }
@@ -134,6 +136,10 @@ fn set(engine: &RwLock<Engine>, state: Engine) {
 
 /// Asks the engine for `job`'s answer and hands over every reply until the last.
 fn answer(runtime: &Runtime, job: Job, engine: &RwLock<Engine>, counters: &Counters) {
+    // A client that left while queued costs nothing.
+    if job.replies.is_closed() {
+        return;
+    }
     counters.processing.fetch_add(1, Ordering::SeqCst);
     let Asked {
         question,
@@ -151,7 +157,7 @@ fn answer(runtime: &Runtime, job: Job, engine: &RwLock<Engine>, counters: &Count
         note(&reply, engine);
         let last = matches!(
             reply,
-            Reply::Finished(_) | Reply::Failed(_) | Reply::LoadFailed(_)
+            Reply::Finished(_) | Reply::Failed(_) | Reply::LoadFailed(_) | Reply::WorkerLost(_)
         );
         if let Reply::Finished(answer) = &reply {
             count(counters, answer);
@@ -174,7 +180,7 @@ fn count(c: &Counters, answer: &crate::runtime::Answer) {
     let add = |a: &AtomicU64, n: f64| {
         a.fetch_add(n.max(0.0).round() as u64, Ordering::Relaxed);
     };
-    add(&c.prompt_tokens, s.prefill_tokens as f64);
+    add(&c.prompt_tokens, s.target_prefill_tokens as f64);
     add(&c.prompt_ms, s.prefill_s * 1e3);
     add(&c.predicted_tokens, s.generated_tokens as f64);
     add(&c.predicted_ms, s.decode_s * 1e3);

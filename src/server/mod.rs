@@ -162,9 +162,14 @@ fn unauthorized() -> Response {
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
+    unavailable(&app).unwrap_or_else(|| json_response(StatusCode::OK, &json!({ "status": "ok" })))
+}
+
+/// The 503 while the engine cannot answer: loading, or failed to load (and why).
+fn unavailable(app: &App) -> Option<Response> {
     let engine = app.desk.engine.read().map(|e| e.clone());
-    match engine.unwrap_or(Engine::Loading) {
-        Engine::Ready { .. } => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+    Some(match engine.unwrap_or(Engine::Loading) {
+        Engine::Ready { .. } => return None,
         Engine::Loading => refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "Loading model",
@@ -177,7 +182,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
             "unavailable_error",
             "503",
         ),
-    }
+    })
 }
 
 async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -252,16 +257,8 @@ async fn chat(
             );
         }
     };
-    if !matches!(
-        app.desk.engine.read().map(|e| e.clone()),
-        Ok(Engine::Ready { .. })
-    ) {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Loading model",
-            "unavailable_error",
-            "503",
-        );
+    if let Some(r) = unavailable(&app) {
+        return r;
     }
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let stop = Arc::new(AtomicBool::new(false));
@@ -362,7 +359,9 @@ impl Answering {
                 Next::Text(out)
             }
             Reply::Finished(answer) => Next::Done(answer),
-            Reply::Failed(why) | Reply::LoadFailed(why) => Next::Failed(why),
+            Reply::Failed(why) | Reply::LoadFailed(why) | Reply::WorkerLost(why) => {
+                Next::Failed(why)
+            }
             _ => Next::Nothing,
         })
     }
@@ -511,6 +510,9 @@ fn stream(mut a: Answering, usage: bool) -> Response {
                     let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
                     return;
                 }
+                // Nothing to send (the documents being read): a client gone meanwhile
+                // drops the answer, and the desk cancels it.
+                Some(_) if tx.is_closed() => return,
                 Some(_) => {}
                 None => return,
             }

@@ -195,7 +195,7 @@ pub fn timings(answer: &Answer) -> Value {
     let s = &answer.output.stats;
     let prompt = s.target_ctx_tokens.saturating_sub(s.generated_tokens);
     json!({
-        "prompt_n": s.prefill_tokens,
+        "prompt_n": s.target_prefill_tokens,
         "prompt_ms": s.prefill_s * 1e3,
         "cache_n": prompt.saturating_sub(s.target_prefill_tokens),
         "predicted_n": s.generated_tokens,
