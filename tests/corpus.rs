@@ -718,6 +718,20 @@ fn a_touched_or_skipped_file_costs_its_hash_not_an_extraction() {
     let changed = ix.update(&mut |_| {}).unwrap();
     assert_eq!(changed.indexed, ["good.pdf"]);
     assert_eq!(runs(), 3);
+
+    // Other readers (pdftotext, which the set-up installs, first): what the old ones could not
+    // read is tried again.
+    drop(ix);
+    let mut ix = rapid_chat::corpus::Indexer::open(
+        sb.cache.path(),
+        sb.dir.path(),
+        tokenizer(),
+        &readers(&["pdftotext", "pdf-extract"]),
+        reader.clone(),
+    )
+    .unwrap();
+    let retried = ix.update(&mut |_| {}).unwrap();
+    assert_eq!(retried.indexed, ["crash.pdf"], "{retried:?}");
 }
 
 /// Events from `rx` until it has been quiet for `quiet`.

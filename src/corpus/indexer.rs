@@ -1,8 +1,8 @@
 //! Keeping a folder's index current: one pass of [`Indexer::update`] stats every document, reads
 //! only those whose size or time changed, hashes them before anything else (a touched file costs
-//! its hash, not its extraction; a file skipped before is not tried again until its bytes
-//! change), and extracts and chunks the rest on every core, while one tantivy writer takes the
-//! chunks as they come.
+//! its hash, not its extraction; a file skipped before is not tried again until its bytes or the
+//! PDF readers change), and extracts and chunks the rest on every core, while one tantivy writer
+//! takes the chunks as they come.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -152,7 +152,7 @@ impl Indexer {
         let manifest = Manifest::load(&dir.join("manifest.json"))
             .filter(|m| m.compatible(&fingerprint, corpus.chunk_tokens));
         let (schema, fields) = schema();
-        let (index, manifest) = match (manifest, Index::open_in_dir(&tantivy_dir)) {
+        let (index, mut manifest) = match (manifest, Index::open_in_dir(&tantivy_dir)) {
             (Some(manifest), Ok(index)) if index.schema() == schema => (index, manifest),
             _ => {
                 tracing::info!(folder = %root.display(), "building a new index");
@@ -181,6 +181,14 @@ impl Indexer {
             other => anyhow::Error::new(other).context("cannot open the index for writing"),
         })?;
         let limits = Limits::of(corpus, exe);
+        let readers = format!(
+            "{:?}, {:?}, {} bytes",
+            limits.pdf, limits.pdf_timeout, limits.max_bytes
+        );
+        if manifest.readers != readers {
+            manifest.skipped.clear();
+            manifest.readers = readers;
+        }
         if !limits
             .pdf
             .iter()

@@ -42,6 +42,10 @@ pub struct Manifest {
     /// until their bytes change.
     #[serde(default)]
     pub skipped: BTreeMap<String, SkippedEntry>,
+    /// The PDF readers and limits those files were skipped under: other readers (pdftotext
+    /// installed, a longer timeout) try them again.
+    #[serde(default)]
+    pub readers: String,
 }
 
 impl Manifest {
@@ -52,6 +56,7 @@ impl Manifest {
             chunk_tokens,
             files: BTreeMap::new(),
             skipped: BTreeMap::new(),
+            readers: String::new(),
         }
     }
 
