@@ -35,6 +35,8 @@ impl Mean {
 #[derive(Debug, Clone, Default)]
 pub struct Samples {
     recent: std::collections::VecDeque<f64>,
+    /// The median of `recent`, kept as they change: the policy reads it many times a round.
+    median: Option<f64>,
 }
 
 /// Times kept per batch size.
@@ -46,11 +48,15 @@ impl Samples {
             self.recent.pop_front();
         }
         self.recent.push_back(t);
+        let mut v = [0.0; SAMPLES];
+        for (slot, &t) in v.iter_mut().zip(&self.recent) {
+            *slot = t;
+        }
+        self.median = super::median(&mut v[..self.recent.len()]);
     }
 
     pub fn median(&self) -> Option<f64> {
-        let mut v: Vec<f64> = self.recent.iter().copied().collect();
-        super::median(&mut v)
+        self.median
     }
 
     pub fn least(&self) -> Option<f64> {
