@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::EngineConfig;
 use crate::corpus::CorpusIndex;
 use crate::session::Engine;
-use crate::speculative::{Flow, Mode, Stats, median};
+use crate::speculative::{Flow, Mode, Stats, floor_s, median};
 
 /// A question, with the answer expected in the reply where known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +241,7 @@ pub fn run(
                     .answer
                     .as_deref()
                     .map(|a| contains(&out.text, a));
+                let ids: Vec<i32> = out.tokens.iter().map(|t| t.id).collect();
                 let run = Run {
                     task: task.name.clone(),
                     question: q.clone(),
@@ -258,11 +259,9 @@ pub fn run(
                     differs_from_ar_at: None,
                     ar_decode_s: None,
                     floor_s: None,
-                    looped: crate::speculative::looping(
-                        &out.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
-                    ),
+                    looped: crate::speculative::looping(&ids),
                     answer: out.text,
-                    ids: out.tokens.iter().map(|t| t.id).collect(),
+                    ids,
                     margins: out.tokens.iter().map(|t| t.margin).collect(),
                     stats: out.stats,
                 };
@@ -295,13 +294,6 @@ pub fn run(
         }
     }
     Ok(runs)
-}
-
-/// The floor of an answer against AR's to the same question: at most the larger of 1.05 times
-/// AR's decoding time and AR's plus 8 plain steps (a short answer may spend a few steps trying a
-/// draft; a long one may not lose more than 5%).
-pub fn floor_s(ar_decode_s: f64, plain_step_s: f64) -> f64 {
-    (1.05 * ar_decode_s).max(ar_decode_s + 8.0 * plain_step_s)
 }
 
 /// Where two greedy answers first differ, with the smaller of the two target margins there.
@@ -417,13 +409,7 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<Summary> {
                 speedup_min: speedups.iter().copied().reduce(f64::min),
                 speedup_worst_question: worst_question(&rs, |r| r.speedup),
                 speedup_same_step_worst_question: worst_question(&rs, |r| r.speedup_same_step),
-                speedup_total: {
-                    let paired: Vec<&&Run> =
-                        rs.iter().filter(|r| r.ar_decode_s.is_some()).collect();
-                    let ar: f64 = paired.iter().filter_map(|r| r.ar_decode_s).sum();
-                    let own: f64 = paired.iter().map(|r| r.stats.decode_s).sum();
-                    (own > 0.0 && !paired.is_empty()).then(|| ar / own)
-                },
+                speedup_total: time_weighted(&rs),
                 floor_held: {
                     let judged: Vec<bool> = rs
                         .iter()

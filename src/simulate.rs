@@ -160,8 +160,8 @@ pub fn record_reference(
         mode: Mode::Rapid,
         ..settings.clone()
     };
+    // The target decodes nothing here: only the drafter reads its prompt (as it drafts).
     let prompts = engine.prepare(index, question, &[], &rapid)?;
-    engine.prefill(&prompts)?;
     let produced = engine.tokenize(reference);
     anyhow::ensure!(
         !produced.is_empty(),
@@ -349,13 +349,13 @@ pub fn project_all(
             target: &tc,
             drafter: dc.as_ref(),
         };
-        let (p, next) = replay::project(&tokens(t).case(), costing, r, start);
-        costs = Some(next);
         let case = tokens(t);
+        let (p, next) = replay::project(&case.case(), costing, r, start);
+        costs = Some(next);
         let bound = (!shaped).then(|| replay::best(&case.case(), &tc, dc.as_ref(), r));
         let best = bound.map(|b| b.speedup);
         let own = p.verify_s + p.draft_s;
-        let floor = (1.05 * p.plain_s).max(p.plain_s + 8.0 * tc.t(1));
+        let floor = crate::speculative::floor_s(p.plain_s, tc.t(1));
         questions.push(Projected {
             question: t.question.clone(),
             speedup: p.speedup(),

@@ -61,7 +61,7 @@ pub fn extract_command(ctx: &Ctx, file: &Path) -> Result<()> {
     use crate::corpus::extract;
     let kind = extract::kind_of(file, &ctx.config.text_extensions()).with_context(|| {
         format!(
-            "{} is not a document rapid-chat indexes (PDF, Markdown, text, or              corpus.extra_extensions)",
+            "{} is not a document rapid-chat indexes (PDF, Markdown, text, or corpus.extra_extensions)",
             file.display()
         )
     })?;

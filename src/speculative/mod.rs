@@ -123,6 +123,13 @@ pub fn looping(ids: &[i32]) -> bool {
     distinct.len() * 3 < grams.len()
 }
 
+/// The floor of an answer against AR's to the same question (DESIGN.md's "How speed is
+/// judged"): at most the larger of 1.05 times AR's decoding time and AR's plus 8 plain steps (a
+/// short answer may spend a few steps trying a draft; a long one may not lose more than 5%).
+pub fn floor_s(ar_decode_s: f64, plain_step_s: f64) -> f64 {
+    (1.05 * ar_decode_s).max(ar_decode_s + 8.0 * plain_step_s)
+}
+
 /// The median of `v` (sorted in place), or None when it is empty.
 pub fn median(v: &mut [f64]) -> Option<f64> {
     v.sort_by(f64::total_cmp);
