@@ -22,15 +22,16 @@ fn machine_ticks() -> Option<(u64, u64)> {
     Some((busy, busy + nice + idle + iowait))
 }
 
-/// This process's CPU time (all its threads, and its children once they ended: the PDF readers
-/// of its own indexing), in clock ticks.
+/// This process's CPU time (all its threads), in clock ticks. Not its children's: those come
+/// in whole when a child is reaped (a PDF reader's ten seconds inside a quarter-second window),
+/// while a running reader keeps a core busy like any other program.
 fn own_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The fields after the command name, which may hold spaces, closed by the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime, stime, cutime and cstime are fields 14 to 17 of the line: 11 to 14 from the state.
-    (11..=14).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 from the state.
+    (11..=12).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
 }
 
 /// The cores other programs kept busy over `window`, as a fraction of `cores` (None where
@@ -42,7 +43,9 @@ pub fn busy_elsewhere(cores: u32, window: Duration) -> Option<f64> {
     let (busy1, all1) = machine_ticks()?;
     let own1 = own_ticks()?;
     let all = all1.checked_sub(all0).filter(|&d| d > 0)?;
-    let others = (busy1 - busy0).saturating_sub(own1.saturating_sub(own0));
+    let others = busy1
+        .saturating_sub(busy0)
+        .saturating_sub(own1.saturating_sub(own0));
     Some((others as f64 / all as f64 * f64::from(cores)).min(f64::from(cores)))
 }
 
